@@ -1,0 +1,31 @@
+"""klime_mp: a Klime analytics client that is safe under fork and multiprocessing.
+
+Public API: ``KlimeClient`` (a drop-in for ``klime.KlimeClient``) and module-level
+calls on a default client (``configure``, ``track``, ``identify``, ``group``, ``flush``,
+``shutdown``).
+"""
+
+from __future__ import annotations
+
+from klime_mp._version import __version__
+from klime_mp.client import KlimeClient
+from klime_mp.default import configure, flush, get_client, group, identify, shutdown, track
+from klime_mp.responses import BatchResponse, EventTooLargeError, SendError, ValidationError
+from klime_mp.worker import Stats
+
+__all__ = [
+    "BatchResponse",
+    "EventTooLargeError",
+    "KlimeClient",
+    "SendError",
+    "Stats",
+    "ValidationError",
+    "__version__",
+    "configure",
+    "flush",
+    "get_client",
+    "group",
+    "identify",
+    "shutdown",
+    "track",
+]

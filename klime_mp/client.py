@@ -1,0 +1,190 @@
+"""KlimeClient: the official SDK's API on top of a per-process worker.
+
+An event's path: ``track()`` builds and encodes it (``events``), takes this process's
+worker (``forksafe.ProcessLocal.get``: rebuilt after a fork) and appends the bytes to
+its queue (``worker.Worker.enqueue``); the worker's thread batches them and POSTs them
+(``transport.Transport.send``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Optional
+
+from klime_mp import events
+from klime_mp.forksafe import ProcessLocal
+from klime_mp.options import ErrorCallback, Options, SuccessCallback, build_options
+from klime_mp.responses import BatchResponse, EventTooLargeError, SendError
+from klime_mp.worker import OVERSIZED, Stats, Worker
+
+Properties = Optional[Mapping[str, Any]]
+
+
+class KlimeClient:
+    """A drop-in replacement for ``klime.KlimeClient`` that is safe across fork().
+
+    Nothing starts at construction: the sender thread and HTTP connection of each
+    process start with that process's first event."""
+
+    def __init__(
+        self,
+        write_key: str | None = None,
+        endpoint: str | None = None,
+        flush_interval: int | None = None,
+        max_batch_size: int | None = None,
+        max_queue_size: int | None = None,
+        retry_max_attempts: int | None = None,
+        retry_initial_delay: int | None = None,
+        flush_on_shutdown: bool | None = None,
+        logger: logging.Logger | None = None,
+        on_error: ErrorCallback | None = None,
+        on_success: SuccessCallback | None = None,
+        *,
+        timeout: float = 10.0,
+        shutdown_timeout: float = 5.0,
+        send: bool = True,
+        sync_mode: bool = False,
+    ) -> None:
+        self._options = build_options(
+            write_key,
+            endpoint,
+            flush_interval,
+            max_batch_size,
+            max_queue_size,
+            retry_max_attempts,
+            retry_initial_delay,
+            flush_on_shutdown,
+            logger,
+            on_error,
+            on_success,
+            timeout=timeout,
+            shutdown_timeout=shutdown_timeout,
+            send=send,
+            sync_mode=sync_mode,
+        )
+        # partial, not a lambda over self: the registry must not keep the client alive.
+        self._worker: ProcessLocal[Worker] = ProcessLocal(
+            functools.partial(Worker, self._options),
+            functools.partial(_exit_flush, self._options),
+        )
+
+    @property
+    def options(self) -> Options:
+        return self._options
+
+    # -- fire and forget: never waits on the network ---------------------------------
+
+    def track(
+        self,
+        event: str,
+        properties: Properties = None,
+        user_id: events.Id | None = None,
+        group_id: events.Id | None = None,
+    ) -> None:
+        """Queue a track event; needs ``user_id`` or ``group_id`` (or both)."""
+        self._enqueue(events.build_track(event, properties, user_id, group_id))
+
+    def identify(self, user_id: events.Id, traits: Properties = None) -> None:
+        """Queue an identify event for ``user_id``."""
+        self._enqueue(events.build_identify(user_id, traits))
+
+    def group(
+        self, group_id: events.Id, traits: Properties = None, user_id: events.Id | None = None
+    ) -> None:
+        """Queue a group event; with ``user_id`` it also links the user to the group."""
+        self._enqueue(events.build_group(group_id, traits, user_id))
+
+    # -- synchronous: send now, return the server's answer or raise SendError -------------
+
+    def track_sync(
+        self,
+        event: str,
+        properties: Properties = None,
+        user_id: events.Id | None = None,
+        group_id: events.Id | None = None,
+    ) -> BatchResponse:
+        return self._send_now(events.build_track(event, properties, user_id, group_id))
+
+    def identify_sync(self, user_id: events.Id, traits: Properties = None) -> BatchResponse:
+        return self._send_now(events.build_identify(user_id, traits))
+
+    def group_sync(
+        self, group_id: events.Id, traits: Properties = None, user_id: events.Id | None = None
+    ) -> BatchResponse:
+        return self._send_now(events.build_group(group_id, traits, user_id))
+
+    # -- delivery control ---------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every event queued before this call is sent or failed for good.
+
+        Returns True when that happened, False when ``timeout`` seconds passed first."""
+        worker = self._worker.peek()
+        return True if worker is None else worker.flush(timeout)
+
+    def shutdown(self) -> bool:
+        """Send what is queued (within ``shutdown_timeout``) and stop, in this process.
+
+        Idempotent. Returns False when some events could not be sent in time; they are
+        reported to ``on_error`` and the log with their count."""
+        return self._worker.get().shutdown(self._options.shutdown_timeout)
+
+    def queue_size(self) -> int:
+        """Events waiting in this process's queue."""
+        worker = self._worker.peek()
+        return 0 if worker is None else worker.size()
+
+    def stats(self) -> Stats:
+        """A snapshot of this process's counters (a forked child starts from zero)."""
+        worker = self._worker.peek()
+        return Stats() if worker is None else worker.stats()
+
+    def __enter__(self) -> KlimeClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        return f"KlimeClient(endpoint={self._options.endpoint!r})"
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _enqueue(self, body: dict[str, Any]) -> None:
+        data = events.serialize(body)
+        worker = self._worker.get()
+        try:
+            events.check_size(data)
+        except EventTooLargeError as error:
+            # Oversized events depend on data, not on the code path: raising here could
+            # fail a web request in production, so they are dropped, counted and reported.
+            worker.count_drop(OVERSIZED, 1)
+            self._options.logger.error("Klime: event dropped: %s", error)
+            if self._options.on_error is not None:
+                try:
+                    self._options.on_error(error, [body])
+                except Exception:
+                    self._options.logger.exception("Klime: on_error callback raised")
+            return
+        worker.enqueue(data)
+
+    def _send_now(self, body: dict[str, Any]) -> BatchResponse:
+        data = events.serialize(body)
+        events.check_size(data)  # EventTooLargeError is a ValueError: raised to the caller
+        return self._worker.get().send_now(data)
+
+
+def _exit_flush(options: Options, worker: Worker) -> None:
+    if options.flush_on_shutdown:
+        worker.shutdown(options.shutdown_timeout)
+
+
+__all__ = ["KlimeClient", "SendError"]

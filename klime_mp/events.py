@@ -1,0 +1,255 @@
+"""Building, validating and serializing one event.
+
+Everything here runs in the caller's thread, so it is kept cheap: one dict, one
+``json`` encode. Bad input raises at the call site with the argument named; values
+whose meaning is clear (datetime, Decimal, UUID, Enum, set...) are converted. The
+encoded bytes are what the sender later splices into the batch body, so each event is
+serialized exactly once and a retried batch is byte-identical.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import decimal
+import enum
+import json
+import math
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any, Union
+
+from klime_mp._version import __version__
+from klime_mp.responses import EventTooLargeError
+
+LIBRARY_NAME = "klime_mp"
+MAX_EVENT_BYTES = 200 * 1024
+MAX_DEPTH = 64  # deeper than any sane property tree; stops runaway recursion early
+
+Id = Union[str, int]
+
+# Shared by every event: json never mutates it, and building it once saves a dict per call.
+_CONTEXT = {"library": {"name": LIBRARY_NAME, "version": __version__}}
+
+
+def _convert(value: Any) -> Any:
+    """json's ``default`` hook: the types whose JSON meaning is unambiguous."""
+    if isinstance(value, _dt.datetime):
+        return format_datetime(value)
+    if isinstance(value, (_dt.date, _dt.time)):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        if not value.is_finite():
+            raise ValueError("non-finite Decimal")
+        return float(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (set, frozenset)):
+        try:
+            return sorted(value)
+        except TypeError:  # mixed types: keep them, order is meaningless anyway
+            return list(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+_encode = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_convert
+).encode
+
+
+def format_datetime(value: _dt.datetime) -> str:
+    """Aware datetimes become UTC with milliseconds and ``Z``; naive ones keep their
+    wall-clock time without an offset (we cannot know their zone)."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        return value.isoformat(timespec="milliseconds")
+    utc = value.astimezone(_dt.timezone.utc)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def timestamp_now() -> str:
+    """UTC ISO 8601 with milliseconds and ``Z``, as the API expects."""
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+
+
+def build_track(
+    event: str,
+    properties: Mapping[str, Any] | None,
+    user_id: Id | None,
+    group_id: Id | None,
+) -> dict[str, Any]:
+    if not isinstance(event, str) or not event.strip():
+        raise _bad_name(event)
+    uid = _optional_id("user_id", user_id)
+    gid = _optional_id("group_id", group_id)
+    if uid is None and gid is None:
+        raise ValueError("track() needs user_id or group_id: Klime has no anonymous events")
+    body: dict[str, Any] = {
+        "type": "track",
+        "messageId": str(uuid.uuid4()),
+        "timestamp": timestamp_now(),
+        "event": event,
+    }
+    if uid is not None:
+        body["userId"] = uid
+    if gid is not None:
+        body["groupId"] = gid
+    body["properties"] = _mapping("properties", properties)
+    body["context"] = _CONTEXT
+    return body
+
+
+def build_identify(user_id: Id, traits: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {
+        "type": "identify",
+        "messageId": str(uuid.uuid4()),
+        "timestamp": timestamp_now(),
+        "userId": _required_id("user_id", user_id),
+        "traits": _mapping("traits", traits),
+        "context": _CONTEXT,
+    }
+
+
+def build_group(
+    group_id: Id, traits: Mapping[str, Any] | None, user_id: Id | None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "type": "group",
+        "messageId": str(uuid.uuid4()),
+        "timestamp": timestamp_now(),
+        "groupId": _required_id("group_id", group_id),
+    }
+    uid = _optional_id("user_id", user_id)
+    if uid is not None:
+        body["userId"] = uid
+    body["traits"] = _mapping("traits", traits)
+    body["context"] = _CONTEXT
+    return body
+
+
+def serialize(body: dict[str, Any]) -> bytes:
+    """Encode one event; on failure, find the offending key and name it."""
+    try:
+        data = _encode(body).encode("utf-8")
+    except (TypeError, ValueError, RecursionError, UnicodeEncodeError) as exc:
+        raise _diagnose(body, exc) from None
+    return data
+
+
+def check_size(data: bytes) -> None:
+    if len(data) > MAX_EVENT_BYTES:
+        raise EventTooLargeError(len(data), MAX_EVENT_BYTES)
+
+
+# -- validation helpers ------------------------------------------------------------
+
+
+def _bad_name(event: object) -> Exception:
+    if not isinstance(event, str):
+        return TypeError(f"event must be a non-empty string, got {type(event).__name__}")
+    return ValueError("event must be a non-empty string")
+
+
+def _required_id(name: str, value: Id | None) -> str:
+    result = _optional_id(name, value)
+    if result is None:
+        raise ValueError(f"{name} is required")
+    return result
+
+
+def _optional_id(name: str, value: Id | None) -> str | None:
+    """Ids are non-empty strings; ints (database primary keys) are accepted as text."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError(f"{name} must be a non-empty string")
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise TypeError(f"{name} must be a string or int, got {type(value).__name__}")
+
+
+def _mapping(name: str, value: Mapping[str, Any] | None) -> Any:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a mapping (dict) or None, got {type(value).__name__}")
+    return value
+
+
+# -- the slow path: only after the fast encode failed ---------------------------------
+
+
+def _diagnose(body: dict[str, Any], exc: BaseException) -> Exception:
+    """Walk the event to name the key path that json could not encode."""
+    for field in ("properties", "traits"):
+        if field in body:
+            problem = _find_problem(body[field], field, 0, set())
+            if problem is not None:
+                return problem
+    return ValueError(f"event cannot be encoded as JSON: {exc}")
+
+
+def _find_problem(value: Any, path: str, depth: int, seen: set[int]) -> Exception | None:
+    if depth > MAX_DEPTH:
+        return ValueError(f"{path} is nested more than {MAX_DEPTH} levels deep")
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        return _check_text(value, path)
+    if isinstance(value, int):
+        return _check_int(value, path)
+    if isinstance(value, float):
+        return None if math.isfinite(value) else ValueError(f"{path} is {value}: not valid JSON")
+    if isinstance(value, (Mapping, list, tuple)):
+        return _find_in_container(value, path, depth, seen)
+    try:
+        converted = _convert(value)
+    except (TypeError, ValueError) as exc:
+        kind = TypeError if isinstance(exc, TypeError) else ValueError
+        return kind(f"{path}: {type(value).__name__} cannot be sent as JSON ({exc})")
+    return _find_problem(converted, path, depth + 1, seen)
+
+
+def _find_in_container(value: Any, path: str, depth: int, seen: set[int]) -> Exception | None:
+    if id(value) in seen:
+        return ValueError(f"{path} contains itself (a reference cycle)")
+    seen.add(id(value))
+    try:
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                if not isinstance(key, (str, int, float, bool)) and key is not None:
+                    return TypeError(f"{path} has a key of type {type(key).__name__}")
+                problem = _check_text(key, path) if isinstance(key, str) else None
+                problem = problem or _find_problem(item, f"{path}.{key}", depth + 1, seen)
+                if problem is not None:
+                    return problem
+        else:
+            for index, item in enumerate(value):
+                problem = _find_problem(item, f"{path}[{index}]", depth + 1, seen)
+                if problem is not None:
+                    return problem
+        return None
+    finally:
+        seen.discard(id(value))
+
+
+def _check_text(value: str, path: str) -> Exception | None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return ValueError(f"{path} contains a lone surrogate: not valid UTF-8")
+    return None
+
+
+def _check_int(value: int, path: str) -> Exception | None:
+    try:
+        str(value)
+    except ValueError:  # Python 3.11+ refuses ints of more than 4300 digits
+        return ValueError(f"{path} is an int too large to encode")
+    return None

@@ -1,0 +1,178 @@
+"""Client options: the official SDK's defaults, validation, and the environment.
+
+Every option is validated once, at construction, so a typo fails at start-up with a
+message that names the option, never later inside the sender thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+# Official SDK defaults (klime 1.1.0); milliseconds where the official API uses them.
+DEFAULT_ENDPOINT = "https://i.klime.com"
+DEFAULT_FLUSH_INTERVAL_MS = 2000
+DEFAULT_MAX_BATCH_SIZE = 20
+DEFAULT_MAX_QUEUE_SIZE = 1000
+DEFAULT_RETRY_MAX_ATTEMPTS = 5
+DEFAULT_RETRY_INITIAL_DELAY_MS = 1000
+# Ours (seconds).
+DEFAULT_TIMEOUT_S = 10.0  # the official SDK's urlopen timeout
+DEFAULT_SHUTDOWN_TIMEOUT_S = 5.0
+
+# Protocol limits.
+MAX_BATCH_SIZE = 100
+
+WRITE_KEY_ENV = "KLIME_WRITE_KEY"
+ENDPOINT_ENV = "KLIME_ENDPOINT"
+
+ErrorCallback = Callable[[BaseException, "list[dict[str, Any]]"], Any]
+SuccessCallback = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class Options:
+    """Validated, immutable settings of one client. Times are in seconds."""
+
+    write_key: str
+    endpoint: str
+    flush_interval: float
+    max_batch_size: int
+    max_queue_size: int
+    retry_max_attempts: int
+    retry_initial_delay: float
+    flush_on_shutdown: bool
+    logger: logging.Logger
+    on_error: ErrorCallback | None
+    on_success: SuccessCallback | None
+    timeout: float
+    shutdown_timeout: float
+    send: bool
+    sync_mode: bool
+
+    def __repr__(self) -> str:
+        # The write key is a credential: it never appears in reprs, logs or errors.
+        return (
+            f"Options(endpoint={self.endpoint!r}, flush_interval={self.flush_interval}, "
+            f"max_batch_size={self.max_batch_size}, max_queue_size={self.max_queue_size}, "
+            f"send={self.send}, sync_mode={self.sync_mode})"
+        )
+
+
+def build_options(
+    write_key: str | None = None,
+    endpoint: str | None = None,
+    flush_interval: int | None = None,
+    max_batch_size: int | None = None,
+    max_queue_size: int | None = None,
+    retry_max_attempts: int | None = None,
+    retry_initial_delay: int | None = None,
+    flush_on_shutdown: bool | None = None,
+    logger: logging.Logger | None = None,
+    on_error: ErrorCallback | None = None,
+    on_success: SuccessCallback | None = None,
+    *,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
+    send: bool = True,
+    sync_mode: bool = False,
+) -> Options:
+    """Validate the constructor arguments; ``None`` means the official default."""
+    batch = _positive_int("max_batch_size", max_batch_size, DEFAULT_MAX_BATCH_SIZE)
+    if batch > MAX_BATCH_SIZE:
+        raise ValueError(
+            f"max_batch_size must be at most {MAX_BATCH_SIZE} (the API limit), got {batch}"
+        )
+    interval_ms = _positive_number("flush_interval", flush_interval, DEFAULT_FLUSH_INTERVAL_MS)
+    delay_ms = _positive_number(
+        "retry_initial_delay", retry_initial_delay, DEFAULT_RETRY_INITIAL_DELAY_MS
+    )
+    return Options(
+        write_key=_write_key(write_key),
+        endpoint=_endpoint(endpoint),
+        flush_interval=interval_ms / 1000.0,
+        max_batch_size=batch,
+        max_queue_size=_positive_int("max_queue_size", max_queue_size, DEFAULT_MAX_QUEUE_SIZE),
+        retry_max_attempts=_positive_int(
+            "retry_max_attempts", retry_max_attempts, DEFAULT_RETRY_MAX_ATTEMPTS
+        ),
+        retry_initial_delay=delay_ms / 1000.0,
+        flush_on_shutdown=_bool("flush_on_shutdown", flush_on_shutdown, True),
+        logger=_logger(logger),
+        on_error=_callback("on_error", on_error),
+        on_success=_callback("on_success", on_success),
+        timeout=_positive_number("timeout", timeout, DEFAULT_TIMEOUT_S),
+        shutdown_timeout=_positive_number(
+            "shutdown_timeout", shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT_S
+        ),
+        send=_bool("send", send, True),
+        sync_mode=_bool("sync_mode", sync_mode, False),
+    )
+
+
+def _write_key(value: str | None) -> str:
+    if value is None:
+        value = os.environ.get(WRITE_KEY_ENV) or None
+    if value is None:
+        raise ValueError(f"write_key is required: pass write_key= or set {WRITE_KEY_ENV}")
+    if not isinstance(value, str):
+        raise TypeError(f"write_key must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise ValueError("write_key must not be empty")
+    return value
+
+
+def _endpoint(value: str | None) -> str:
+    if value is None:
+        value = os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT
+    if not isinstance(value, str):
+        raise TypeError(f"endpoint must be a string, got {type(value).__name__}")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"endpoint must be an http:// or https:// URL with a host, got {value!r}")
+    return value.rstrip("/")
+
+
+def _positive_int(name: str, value: int | None, default: int) -> int:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return value
+
+
+def _positive_number(name: str, value: float | None, default: float) -> float:
+    if value is None:
+        return float(default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{name} must be a positive, finite number, got {value}")
+    return float(value)
+
+
+def _bool(name: str, value: bool | None, default: bool) -> bool:
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def _logger(value: logging.Logger | None) -> logging.Logger:
+    if value is None:
+        return logging.getLogger("klime")
+    if not isinstance(value, logging.Logger):
+        raise TypeError(f"logger must be a logging.Logger, got {type(value).__name__}")
+    return value
+
+
+def _callback(name: str, value: Any) -> Any:
+    if value is not None and not callable(value):
+        raise TypeError(f"{name} must be callable, got {type(value).__name__}")
+    return value
