@@ -1,0 +1,166 @@
+"""What the collector answers, independent of HTTP plumbing.
+
+The request handler turns each request into one call here and writes back the
+``Reply``; keeping the protocol apart from ``http.server`` makes both easier to read.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+from . import faults
+from .faults import FaultDice, FaultPlan
+from .stats import StatsRecorder
+from .store import EventStore, InsertResult
+from .validation import BatchError, check_batch, parse_batch
+
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+NEXT_AFTER_HEADER = "X-Klime-Next-After"
+# What a misconfigured proxy might send back: a 200 that is not the API's JSON.
+GARBAGE_BODY = b"<html><body>502 Bad Gateway (injected)</body></html>"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One response; ``status`` None means: close the connection without answering."""
+
+    status: int | None
+    body: bytes = b""
+    headers: tuple[tuple[str, str], ...] = ()
+    content_type: str = "application/json"
+
+
+DROP = Reply(None)
+
+
+def json_reply(status: int, payload: Any, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
+    return Reply(status, json.dumps(payload, separators=(",", ":")).encode(), headers)
+
+
+def error_reply(status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
+    return json_reply(status, {"status": "error", "message": message}, headers)
+
+
+def bearer_token(header: str | None) -> bytes | None:
+    """The key of an ``Authorization: Bearer <key>`` header, or None if malformed."""
+    if header is None:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or " " in token:
+        return None
+    return token.encode("utf-8", "surrogateescape")
+
+
+class CollectorApp:
+    """The collector's endpoints over a store, a stats recorder and a fault plan."""
+
+    def __init__(self, store: EventStore, write_keys: Iterable[str], plan: FaultPlan) -> None:
+        self.store = store
+        self.stats = StatsRecorder()
+        self.stopping = threading.Event()  # cuts injected delays short on stop()
+        self._keys = tuple(key.encode("utf-8") for key in write_keys)
+        self._dice = FaultDice(plan)
+
+    @property
+    def faults(self) -> FaultPlan:
+        return self._dice.plan
+
+    @faults.setter
+    def faults(self, plan: FaultPlan) -> None:
+        self._dice.plan = plan
+
+    def refuse_batch(self, status: int, message: str) -> Reply:
+        """Answer a batch request the HTTP layer refused before reading its body."""
+        self.stats.request_answered(status)
+        return error_reply(status, message)
+
+    def batch(self, authorization: str | None, body: bytes) -> Reply:
+        """``POST /v1/batch`` with the body already read in full."""
+        reply = self._batch(authorization, body)
+        self.stats.request_answered(reply.status)
+        return reply
+
+    def _batch(self, authorization: str | None, body: bytes) -> Reply:
+        plan, fault = self._dice.draw()
+        if plan.delay > 0:
+            self.stats.fault_injected(faults.DELAY)
+            self.stopping.wait(plan.delay)
+        early = self._fault_before_processing(plan, fault)
+        if early is not None:
+            return early
+        if not self._authorized(authorization):
+            return error_reply(401, "missing, malformed or unknown write key")
+        try:
+            events = parse_batch(body)
+        except BatchError as exc:
+            return error_reply(400, str(exc))
+        checked = check_batch(events)
+        stored = self.store.insert(checked.valid) if checked.valid else InsertResult(0, 0)
+        self.stats.events_received(len(events), stored.duplicates, len(checked.errors))
+        if fault in (faults.DROP_AFTER_STORE, faults.GARBAGE):
+            self.stats.fault_injected(fault)
+            return (
+                DROP
+                if fault == faults.DROP_AFTER_STORE
+                else Reply(200, GARBAGE_BODY, (), "text/html")
+            )
+        payload: dict[str, Any] = {
+            "status": "ok",
+            "accepted": len(checked.valid),
+            "failed": len(checked.errors),
+        }
+        if checked.errors:
+            payload["errors"] = [
+                {"index": index, "message": error.message, "code": error.code}
+                for index, error in checked.errors
+            ]
+        return json_reply(200, payload)
+
+    def _fault_before_processing(self, plan: FaultPlan, fault: str | None) -> Reply | None:
+        if fault == faults.ERROR:
+            reply = error_reply(plan.status, "injected server error")
+        elif fault == faults.RATE_LIMIT:
+            reply = error_reply(429, "injected rate limit", (("Retry-After", plan.retry_after),))
+        elif fault == faults.DROP:
+            reply = DROP
+        else:
+            return None
+        self.stats.fault_injected(fault)
+        return reply
+
+    def _authorized(self, authorization: str | None) -> bool:
+        token = bearer_token(authorization)
+        if token is None:
+            return False
+        if not self._keys:
+            return True  # no keys configured: any well-formed key is accepted
+        # Compare against every key without stopping early, so timing reveals nothing.
+        matches = [hmac.compare_digest(token, key) for key in self._keys]
+        return any(matches)
+
+    def stats_reply(self) -> Reply:
+        return json_reply(200, self.stats.snapshot(self.store.count).to_json())
+
+    def events_reply(self, query: str) -> Reply:
+        """``GET /v1/events?limit=N&after=ROWID``: stored bodies, oldest first."""
+        try:
+            params = parse_qs(query, strict_parsing=False)
+            limit = min(int(params.get("limit", [DEFAULT_PAGE])[-1]), MAX_PAGE)
+            after = int(params.get("after", [0])[-1])
+        except ValueError:
+            return error_reply(400, "limit and after must be integers")
+        if limit < 1 or after < 0:
+            return error_reply(400, "limit must be positive and after must not be negative")
+        rows = self.store.page(after, limit)
+        next_after = rows[-1][0] if rows else after
+        # The bodies are stored as compact JSON already: splice, do not re-encode.
+        body = ("[" + ",".join(text for _rowid, text in rows) + "]").encode("utf-8")
+        return Reply(200, body, ((NEXT_AFTER_HEADER, str(next_after)),))

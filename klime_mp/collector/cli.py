@@ -1,0 +1,111 @@
+"""``klime-mp collector``: run the local collector from the command line.
+
+``add_arguments`` and ``run`` let the package's main command mount this as a
+subcommand; ``main`` runs it standalone (``python -m klime_mp.collector.cli``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from types import FrameType
+
+from .faults import FaultPlan
+from .service import Collector
+
+DEFAULT_PORT = 8800
+DEFAULT_DB = "klime-collector.sqlite3"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help="port; 0 picks a free one (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--db",
+        default=DEFAULT_DB,
+        help="SQLite file for received events, or :memory: (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--write-key",
+        action="append",
+        default=[],
+        dest="write_keys",
+        metavar="KEY",
+        help="accepted write key; repeatable; without it any Bearer key is accepted",
+    )
+    faults = parser.add_argument_group("fault injection (POST /v1/batch only)")
+    faults.add_argument("--seed", type=int, default=0, help="seed of the fault decisions")
+    faults.add_argument("--error-rate", type=float, default=0.0, help="share answered 503")
+    faults.add_argument("--rate-limit-rate", type=float, default=0.0, help="share answered 429")
+    faults.add_argument("--retry-after", default="1", help="Retry-After value sent with 429")
+    faults.add_argument(
+        "--drop-rate", type=float, default=0.0, help="share closed unanswered, nothing stored"
+    )
+    faults.add_argument(
+        "--drop-after-store-rate",
+        type=float,
+        default=0.0,
+        help="share stored, then closed unanswered",
+    )
+    faults.add_argument(
+        "--garbage-rate", type=float, default=0.0, help="share stored, answered 200 non-JSON"
+    )
+    faults.add_argument("--delay", type=float, default=0.0, help="seconds to wait per batch")
+
+
+def fault_plan(args: argparse.Namespace) -> FaultPlan:
+    return FaultPlan(
+        seed=args.seed,
+        error_rate=args.error_rate,
+        rate_limit_rate=args.rate_limit_rate,
+        retry_after=args.retry_after,
+        drop_rate=args.drop_rate,
+        drop_after_store_rate=args.drop_after_store_rate,
+        garbage_rate=args.garbage_rate,
+        delay=args.delay,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGINT or SIGTERM; 0 on a clean stop, 2 on bad options or bind errors."""
+    try:
+        collector = Collector(args.host, args.port, args.db, args.write_keys, fault_plan(args))
+        collector.start()
+    except (ValueError, OSError) as exc:
+        print(f"klime collector: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        print(f"klime collector listening on {collector.url}", flush=True)
+        stop.wait()
+    finally:
+        collector.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="klime-mp collector", description="Run a local Klime-compatible collector."
+    )
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

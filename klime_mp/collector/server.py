@@ -1,0 +1,169 @@
+"""HTTP/1.1 keep-alive server that maps requests onto ``CollectorApp``.
+
+Clients under test keep one pooled connection open, so the server must speak real
+keep-alive: every response carries Content-Length and the connection stays open unless
+the client asks otherwise or the request framing can no longer be trusted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import socketserver
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+from .app import CollectorApp, Reply, error_reply, json_reply
+
+logger = logging.getLogger("klime_mp.collector")
+
+MAX_BODY_BYTES = 10 * 1024 * 1024
+IDLE_TIMEOUT_SECONDS = 30.0
+BATCH_PATH = "/v1/batch"
+
+
+class CollectorRequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "klime-collector"
+    server: CollectorHTTPServer
+    # An idle keep-alive connection gives its thread back after this many seconds.
+    timeout = IDLE_TIMEOUT_SECONDS
+    # Headers and body go out in one write (see wbufsize); without Nagle nothing waits
+    # for the client's delayed ACK, which would cost ~40 ms per request.
+    disable_nagle_algorithm = True
+    wbufsize = 64 * 1024
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        app = self.server.app
+        if url.path == "/healthz":
+            self._reply(json_reply(200, {"status": "ok"}))
+        elif url.path == "/v1/stats":
+            self._reply(app.stats_reply())
+        elif url.path == "/v1/events":
+            self._reply(app.events_reply(url.query))
+        else:
+            self._reply(error_reply(404, f"no such endpoint: GET {url.path}"))
+
+    def do_POST(self) -> None:
+        app = self.server.app
+        if urlsplit(self.path).path != BATCH_PATH:
+            # The body is left unread, so the connection cannot carry another request.
+            self._reply(error_reply(404, "no such endpoint"), close=True)
+            return
+        length, refusal = self._body_length()
+        if refusal is not None:
+            # Without a trustworthy length the rest of the stream cannot be framed.
+            self._reply(app.refuse_batch(*refusal), close=True)
+            return
+        body = self.rfile.read(length)
+        if len(body) < length:  # the client went away mid-body
+            self.close_connection = True
+            return
+        self._reply(app.batch(self.headers.get("Authorization"), body))
+
+    def _body_length(self) -> tuple[int, tuple[int, str] | None]:
+        """The declared body length, or the (status, message) to refuse with."""
+        if self.headers.get("Transfer-Encoding") is not None:
+            return 0, (411, "chunked bodies are not accepted; send Content-Length")
+        values = self.headers.get_all("Content-Length") or []
+        if not values:
+            return 0, (411, "Content-Length is required")
+        if len(set(values)) > 1 or not values[0].strip().isdigit():
+            return 0, (400, "invalid Content-Length")
+        length = int(values[0])
+        if length > MAX_BODY_BYTES:
+            return 0, (413, f"body over {MAX_BODY_BYTES} bytes")
+        return length, None
+
+    def handle_expect_100(self) -> bool:
+        # Refuse an oversized body before the client starts sending it.
+        if self.command == "POST" and self._body_length()[1] is not None:
+            return True  # do_POST answers with the refusal and closes
+        return super().handle_expect_100()
+
+    def _reply(self, reply: Reply, close: bool = False) -> None:
+        if reply.status is None:
+            # Injected fault: the client gets neither a status line nor a clean EOF
+            # before its request was read; it must treat the outcome as unknown.
+            self.close_connection = True
+            return
+        self.send_response(reply.status)
+        self.send_header("Content-Type", reply.content_type)
+        self.send_header("Content-Length", str(len(reply.body)))
+        for name, value in reply.headers:
+            self.send_header(name, value)
+        if close or self.close_connection:
+            self.send_header("Connection", "close")  # also sets close_connection
+        self.end_headers()
+        self.wfile.write(reply.body)
+        self.wfile.flush()
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Protocol errors found by http.server itself, answered as JSON like the rest."""
+        self.log_error("code %d, message %s", code, message)
+        reply = error_reply(code, message or "request rejected")
+        self._reply(reply, close=True)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # Access lines only at debug level: a benchmark must not pay for printing.
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s %s", self.address_string(), format % args)
+
+
+class CollectorHTTPServer(ThreadingHTTPServer):
+    """Threaded server that counts connections and can close the live ones on stop."""
+
+    daemon_threads = True
+    # stop() waits for handler threads itself, with a deadline, on every Python version.
+    block_on_close = False
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], app: CollectorApp) -> None:
+        self.app = app
+        self._clients: set[socket.socket] = set()
+        self._clients_changed = threading.Condition()
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, CollectorRequestHandler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind resolves the host's FQDN, which can stall on DNS.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name = str(self.server_address[0])
+        self.server_port = int(self.server_address[1])
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self.app.stats.connection_opened()
+        with self._clients_changed:
+            self._clients.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        super().shutdown_request(request)
+        with self._clients_changed:
+            self._clients.discard(request)
+            self._clients_changed.notify_all()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients that vanish mid-request are normal under fault tests: no tracebacks.
+        logger.debug("error while serving %s", client_address, exc_info=True)
+
+    def close_clients(self, timeout: float) -> bool:
+        """Cut every live connection and wait for its handler thread to finish."""
+        with self._clients_changed:
+            for client in self._clients:
+                with contextlib.suppress(OSError):  # already closed by the client
+                    client.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv
+            deadline = time.monotonic() + timeout
+            while self._clients:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._clients_changed.wait(remaining)
+        return True
