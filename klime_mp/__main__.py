@@ -1,0 +1,40 @@
+"""``klime-mp`` / ``python -m klime_mp``: the local collector and the demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from klime_mp._version import __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="klime-mp", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"klime_mp {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    from klime_mp.collector import cli as collector_cli
+
+    collector = commands.add_parser(
+        "collector", help="run a local Klime-compatible collector (HTTP + SQLite)"
+    )
+    collector_cli.add_arguments(collector)
+    collector.set_defaults(run=collector_cli.run)
+
+    try:
+        from klime_mp import demo
+    except ImportError:  # the demo needs gunicorn; the collector does not
+        demo = None  # type: ignore[assignment]
+    if demo is not None:
+        demo_parser = commands.add_parser(
+            "demo", help="serve the example app under gunicorn and count what arrives"
+        )
+        demo.add_arguments(demo_parser)
+        demo_parser.set_defaults(run=demo.run)
+
+    args = parser.parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
