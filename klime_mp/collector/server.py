@@ -73,9 +73,11 @@ class CollectorRequestHandler(BaseHTTPRequestHandler):
         values = self.headers.get_all("Content-Length") or []
         if not values:
             return 0, (411, "Content-Length is required")
-        if len(set(values)) > 1 or not values[0].strip().isdigit():
+        declared = values[0].strip()
+        # isascii(): str.isdigit() also accepts digits like "²" that int() refuses.
+        if len(set(values)) > 1 or not (declared.isascii() and declared.isdigit()):
             return 0, (400, "invalid Content-Length")
-        length = int(values[0])
+        length = int(declared)
         if length > MAX_BODY_BYTES:
             return 0, (413, f"body over {MAX_BODY_BYTES} bytes")
         return length, None
