@@ -117,15 +117,16 @@ def build_identify(user_id: Id, traits: Mapping[str, Any] | None) -> dict[str, A
 def build_group(
     group_id: Id, traits: Mapping[str, Any] | None, user_id: Id | None
 ) -> dict[str, Any]:
+    gid = _required_id("group_id", group_id)
+    uid = _optional_id("user_id", user_id)
     body: dict[str, Any] = {
         "type": "group",
         "messageId": str(uuid.uuid4()),
         "timestamp": timestamp_now(),
-        "groupId": _required_id("group_id", group_id),
     }
-    uid = _optional_id("user_id", user_id)
-    if uid is not None:
+    if uid is not None:  # the official SDK puts userId before groupId
         body["userId"] = uid
+    body["groupId"] = gid
     body["traits"] = _mapping("traits", traits)
     body["context"] = _CONTEXT
     return body

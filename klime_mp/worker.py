@@ -140,7 +140,8 @@ class Worker:
     def shutdown(self, timeout: float) -> bool:
         """Send what is queued within ``timeout`` seconds, then stop. Idempotent.
 
-        True when nothing was left undelivered for lack of time."""
+        True when everything queued was delivered; False when some events failed or
+        were given up at the deadline (those are reported to on_error and the log)."""
         deadline = time.monotonic() + timeout
         with self._lock:
             if self._closed:
@@ -148,6 +149,7 @@ class Worker:
             self._closed = True
             self._deadline = deadline
             target = self._appended
+            failed_before = self._counts["failed"]
         self._wake.set()
         self._interrupt.set()  # a backoff sleep re-checks the new deadline
         thread = self._thread
@@ -161,7 +163,7 @@ class Worker:
         self._give_up_on_rest()
         if not (thread and thread.is_alive()):
             self._transport.close()
-        return self._finished >= target
+        return self._finished >= target and self._counts["failed"] == failed_before
 
     def abandon(self) -> None:
         """In a forked child: let go of the parent's worker without touching its

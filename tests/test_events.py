@@ -1,0 +1,216 @@
+"""The wire format of one event, call-site validation, and value conversion."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import enum
+import json
+import re
+import uuid
+from typing import Any
+
+import pytest
+
+from klime_mp import KlimeClient, __version__, events
+from klime_mp.events import MAX_EVENT_BYTES
+
+TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+def encoded(body: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(events.serialize(body))
+    return result
+
+
+def test_track_has_the_official_keys_and_omits_unset_ones() -> None:
+    event = encoded(
+        events.build_track("Report Generated", {"report_type": "revenue"}, "usr_1", None)
+    )
+    assert list(event) == [
+        "type",
+        "messageId",
+        "timestamp",
+        "event",
+        "userId",
+        "properties",
+        "context",
+    ]
+    assert event["type"] == "track"
+    assert event["properties"] == {"report_type": "revenue"}
+    assert uuid.UUID(event["messageId"]).version == 4
+    assert TIMESTAMP.match(event["timestamp"])
+    assert event["context"] == {"library": {"name": "klime_mp", "version": __version__}}
+
+
+def test_group_only_track_is_an_organisation_event() -> None:
+    event = encoded(events.build_track("Events Received", None, None, "org_1"))
+    assert event["groupId"] == "org_1" and "userId" not in event
+    assert event["properties"] == {}
+
+
+def test_identify_and_group_send_traits_even_when_empty() -> None:
+    identify = encoded(events.build_identify("usr_1", None))
+    assert identify["traits"] == {} and identify["userId"] == "usr_1"
+    group = encoded(events.build_group("org_1", {"name": "Acme"}, "usr_1"))
+    assert (group["groupId"], group["userId"], group["traits"]) == (
+        "org_1",
+        "usr_1",
+        {"name": "Acme"},
+    )
+    assert "userId" not in encoded(events.build_group("org_1", None, None))
+
+
+def test_message_ids_are_unique_and_fixed_at_call_time() -> None:
+    ids = {events.build_identify("u", None)["messageId"] for _ in range(1000)}
+    assert len(ids) == 1000
+
+
+def test_integer_ids_are_sent_as_text() -> None:
+    event = encoded(events.build_track("Signed In", None, 42, 7))
+    assert (event["userId"], event["groupId"]) == ("42", "7")
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (
+            lambda: events.build_track("", None, "u", None),
+            ValueError,
+            "event must be a non-empty string",
+        ),
+        (
+            lambda: events.build_track("  ", None, "u", None),
+            ValueError,
+            "event must be a non-empty",
+        ),
+        (lambda: events.build_track(None, None, "u", None), TypeError, "event must be a non-empty"),
+        (
+            lambda: events.build_track("A", None, None, None),
+            ValueError,
+            "needs user_id or group_id",
+        ),
+        (
+            lambda: events.build_track("A", [1], "u", None),
+            TypeError,
+            "properties must be a mapping",
+        ),
+        (
+            lambda: events.build_track("A", None, "", None),
+            ValueError,
+            "user_id must be a non-empty",
+        ),
+        (
+            lambda: events.build_track("A", None, None, 1.5),
+            TypeError,
+            "group_id must be a string or int",
+        ),
+        (
+            lambda: events.build_track("A", None, True, None),
+            TypeError,
+            "user_id must be a string or int",
+        ),
+        (lambda: events.build_identify(None, None), ValueError, "user_id is required"),
+        (lambda: events.build_identify("u", "email"), TypeError, "traits must be a mapping"),
+        (lambda: events.build_group(None, None, None), ValueError, "group_id is required"),
+        (lambda: events.build_group("g", None, b"u"), TypeError, "user_id must be a string or int"),
+    ],
+)
+def test_bad_input_raises_at_the_call_site_naming_the_argument(
+    call: Any, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        call()
+
+
+class Plan(enum.Enum):
+    PRO = "pro"
+
+
+def test_well_known_types_are_converted() -> None:
+    aware = dt.datetime(2026, 11, 22, 10, 0, 0, 123456, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    props = {
+        "aware": aware,
+        "naive": dt.datetime(2026, 1, 2, 3, 4, 5),
+        "day": dt.date(2026, 1, 2),
+        "price": decimal.Decimal("9.99"),
+        "id": uuid.UUID(int=1),
+        "plan": Plan.PRO,
+        "tags": {"b", "a"},
+        "pair": (1, 2),
+        "nested": {"when": [dt.date(2026, 1, 3)]},
+    }
+    sent = encoded(events.build_track("A", props, "u", None))["properties"]
+    assert sent == {
+        "aware": "2026-11-22T08:00:00.123Z",
+        "naive": "2026-01-02T03:04:05.000",
+        "day": "2026-01-02",
+        "price": 9.99,
+        "id": "00000000-0000-0000-0000-000000000001",
+        "plan": "pro",
+        "tags": ["a", "b"],
+        "pair": [1, 2],
+        "nested": {"when": ["2026-01-03"]},
+    }
+
+
+def cyclic() -> dict[str, Any]:
+    value: dict[str, Any] = {"a": []}
+    value["a"].append(value)
+    return value
+
+
+@pytest.mark.parametrize(
+    ("properties", "error", "message"),
+    [
+        ({"a": {"b": [1, object()]}}, TypeError, r"properties\.a\.b\[1\]: object cannot be sent"),
+        ({"blob": b"\x00"}, TypeError, r"properties\.blob: bytes cannot be sent"),
+        ({"ratio": float("nan")}, ValueError, r"properties\.ratio is nan"),
+        ({"big": float("inf")}, ValueError, r"properties\.big is inf"),
+        ({"d": decimal.Decimal("NaN")}, ValueError, r"properties\.d: Decimal cannot be sent"),
+        ({"text": "\udc80"}, ValueError, r"properties\.text contains a lone surrogate"),
+        (cyclic(), ValueError, r"properties\.a\[0\] contains itself"),
+        ({(1, 2): "x"}, TypeError, r"properties has a key of type tuple"),
+    ],
+)
+def test_unencodable_values_name_the_key_path(
+    properties: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        events.serialize(events.build_track("A", properties, "u", None))
+
+
+def test_deep_nesting_is_rejected_with_its_depth() -> None:
+    value: Any = 1
+    for _ in range(2000):
+        value = {"x": value}
+    with pytest.raises(ValueError, match="nested more than"):
+        events.serialize(events.build_track("A", value, "u", None))
+
+
+def test_each_event_is_encoded_exactly_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = events._encode
+    monkeypatch.setattr(events, "_encode", lambda body: calls.append(1) or real(body))
+    client = KlimeClient("key", send=False)
+    client.track("A", {"x": 1}, user_id="u")
+    client.identify("u", {"email": "a@b.c"})
+    client.group("g", None, user_id="u")
+    assert len(calls) == 3
+
+
+def test_oversized_event_is_dropped_counted_and_reported_not_raised() -> None:
+    reported: list[tuple[BaseException, list[dict[str, Any]]]] = []
+    client = KlimeClient("key", send=False, on_error=lambda e, evs: reported.append((e, evs)))
+    client.track("Big", {"blob": "x" * MAX_EVENT_BYTES}, user_id="u")
+    assert client.stats().dropped == {"oversized": 1}
+    assert client.stats().enqueued == 0
+    ((error, dropped),) = reported
+    assert isinstance(error, ValueError) and "at most 204800" in str(error)
+    assert dropped[0]["event"] == "Big"
+
+
+def test_oversized_sync_event_raises_value_error() -> None:
+    client = KlimeClient("key", send=False)
+    with pytest.raises(ValueError, match="bytes serialized; the Klime API accepts at most"):
+        client.track_sync("Big", {"blob": "x" * MAX_EVENT_BYTES}, user_id="u")

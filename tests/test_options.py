@@ -1,0 +1,97 @@
+"""Constructor validation: every bad option fails at construction, naming the option."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from klime_mp import KlimeClient
+
+
+def make(**options: Any) -> KlimeClient:
+    options.setdefault("write_key", "key")
+    return KlimeClient(**options)
+
+
+def test_defaults_match_the_official_sdk() -> None:
+    options = make().options
+    assert options.endpoint == "https://i.klime.com"
+    assert options.flush_interval == 2.0
+    assert options.max_batch_size == 20
+    assert options.max_queue_size == 1000
+    assert options.retry_max_attempts == 5
+    assert options.retry_initial_delay == 1.0
+    assert options.flush_on_shutdown is True
+    assert options.logger is logging.getLogger("klime")
+    assert (options.timeout, options.shutdown_timeout, options.send) == (10.0, 5.0, True)
+
+
+def test_none_means_the_official_default() -> None:
+    assert make(max_batch_size=None, flush_interval=None).options.max_batch_size == 20
+
+
+def test_write_key_falls_back_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KLIME_WRITE_KEY", "from-env")
+    assert KlimeClient().options.write_key == "from-env"
+
+
+def test_missing_write_key_names_the_argument_and_the_variable() -> None:
+    with pytest.raises(ValueError, match=r"write_key is required.*KLIME_WRITE_KEY"):
+        KlimeClient()
+
+
+def test_endpoint_falls_back_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KLIME_ENDPOINT", "http://127.0.0.1:8800/")
+    assert make().options.endpoint == "http://127.0.0.1:8800"
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "error", "message"),
+    [
+        ("write_key", "  ", ValueError, "write_key must not be empty"),
+        ("write_key", 42, TypeError, "write_key must be a string"),
+        ("endpoint", "i.klime.com", ValueError, "endpoint must be an http:// or https:// URL"),
+        ("endpoint", "ftp://i.klime.com", ValueError, "endpoint must be an http"),
+        ("flush_interval", 0, ValueError, "flush_interval must be a positive"),
+        ("flush_interval", -5, ValueError, "flush_interval must be a positive"),
+        ("flush_interval", "2000", TypeError, "flush_interval must be a number"),
+        ("max_batch_size", 0, ValueError, "max_batch_size must be positive"),
+        ("max_batch_size", 101, ValueError, "max_batch_size must be at most 100"),
+        ("max_batch_size", 2.5, TypeError, "max_batch_size must be an int"),
+        ("max_batch_size", True, TypeError, "max_batch_size must be an int"),
+        ("max_queue_size", -1, ValueError, "max_queue_size must be positive"),
+        ("retry_max_attempts", 0, ValueError, "retry_max_attempts must be positive"),
+        ("retry_initial_delay", 0, ValueError, "retry_initial_delay must be a positive"),
+        ("flush_on_shutdown", "yes", TypeError, "flush_on_shutdown must be a bool"),
+        ("logger", "klime", TypeError, "logger must be a logging.Logger"),
+        ("on_error", "print", TypeError, "on_error must be callable"),
+        ("on_success", 1, TypeError, "on_success must be callable"),
+        ("timeout", 0, ValueError, "timeout must be a positive, finite number"),
+        ("timeout", float("nan"), ValueError, "timeout must be a positive, finite number"),
+        ("shutdown_timeout", float("inf"), ValueError, "shutdown_timeout must be a positive"),
+        ("send", 1, TypeError, "send must be a bool"),
+        ("sync_mode", "no", TypeError, "sync_mode must be a bool"),
+    ],
+)
+def test_invalid_option_is_rejected_by_name(
+    option: str, value: Any, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        make(**{option: value})
+
+
+def test_the_write_key_never_appears_in_reprs() -> None:
+    client = make(write_key="sk_live_secret")
+    assert "sk_live_secret" not in repr(client)
+    assert "sk_live_secret" not in repr(client.options)
+
+
+def test_constructing_a_client_starts_no_thread(collector: Any) -> None:
+    import threading
+
+    before = threading.active_count()
+    client = make(endpoint=collector.url)
+    assert threading.active_count() == before
+    assert client.queue_size() == 0
