@@ -14,10 +14,11 @@ import decimal
 import enum
 import json
 import math
+import os
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 from klime_mp._version import __version__
 from klime_mp.responses import EventTooLargeError
@@ -56,9 +57,28 @@ def _convert(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-_encode = json.JSONEncoder(
-    separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_convert
-).encode
+def _make_encoder() -> Callable[[Any], str]:
+    """Compact JSON, NaN refused, ``_convert`` for the rest.
+
+    ``JSONEncoder.encode`` builds a new C encoder on every call; building it once saves
+    about a microsecond per event. It runs without cycle markers: a cycle ends in a
+    RecursionError, which ``serialize`` catches and ``_diagnose`` names."""
+    make = json.encoder.c_make_encoder  # type: ignore[attr-defined]  # private, documented in CPython's json
+    if make is None:  # no C accelerator (PyPy...): the public path
+        return json.JSONEncoder(
+            separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_convert
+        ).encode
+    chunks = make(
+        None, _convert, json.encoder.encode_basestring, None, ":", ",", False, False, False
+    )
+
+    def encode(body: Any) -> str:
+        return "".join(chunks(body, 0))
+
+    return encode
+
+
+_encode = _make_encoder()
 
 
 def format_datetime(value: _dt.datetime) -> str:
@@ -70,10 +90,34 @@ def format_datetime(value: _dt.datetime) -> str:
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 
+_second_cache: tuple[int, str] = (-1, "")
+
+
 def timestamp_now() -> str:
-    """UTC ISO 8601 with milliseconds and ``Z``, as the API expects."""
-    now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+    """UTC ISO 8601 with milliseconds and ``Z``, as the API expects.
+
+    The formatted second is cached: strftime is most of the cost and changes once a
+    second. (A tuple is swapped whole, so concurrent callers never see half of one.)"""
+    global _second_cache
+    millis = int(time.time() * 1000)
+    second, prefix = _second_cache
+    if millis // 1000 != second:
+        second = millis // 1000
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+        _second_cache = (second, prefix)
+    return f"{prefix}{millis % 1000:03d}Z"
+
+
+def new_message_id() -> str:
+    """A random (version 4) UUID string, as ``str(uuid.uuid4())`` but twice as fast.
+
+    The bits come from os.urandom, never from ``random``: a process forked from C
+    (uWSGI) does not reseed ``random``, and its workers would repeat each other's ids."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def build_track(
@@ -90,7 +134,7 @@ def build_track(
         raise ValueError("track() needs user_id or group_id: Klime has no anonymous events")
     body: dict[str, Any] = {
         "type": "track",
-        "messageId": str(uuid.uuid4()),
+        "messageId": new_message_id(),
         "timestamp": timestamp_now(),
         "event": event,
     }
@@ -106,7 +150,7 @@ def build_track(
 def build_identify(user_id: Id, traits: Mapping[str, Any] | None) -> dict[str, Any]:
     return {
         "type": "identify",
-        "messageId": str(uuid.uuid4()),
+        "messageId": new_message_id(),
         "timestamp": timestamp_now(),
         "userId": _required_id("user_id", user_id),
         "traits": _mapping("traits", traits),
@@ -121,7 +165,7 @@ def build_group(
     uid = _optional_id("user_id", user_id)
     body: dict[str, Any] = {
         "type": "group",
-        "messageId": str(uuid.uuid4()),
+        "messageId": new_message_id(),
         "timestamp": timestamp_now(),
     }
     if uid is not None:  # the official SDK puts userId before groupId

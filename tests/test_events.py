@@ -214,3 +214,19 @@ def test_oversized_sync_event_raises_value_error() -> None:
     client = KlimeClient("key", send=False)
     with pytest.raises(ValueError, match="bytes serialized; the Klime API accepts at most"):
         client.track_sync("Big", {"blob": "x" * MAX_EVENT_BYTES}, user_id="u")
+
+
+def test_message_ids_are_rfc_4122_version_4() -> None:
+    for _ in range(200):
+        text = events.new_message_id()
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+
+
+def test_timestamp_is_now_in_utc() -> None:
+    before = dt.datetime.now(dt.timezone.utc) - dt.timedelta(milliseconds=1)
+    stamp = events.timestamp_now()
+    after = dt.datetime.now(dt.timezone.utc) + dt.timedelta(milliseconds=1)
+    parsed = dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc)
+    assert before <= parsed <= after
