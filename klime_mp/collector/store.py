@@ -16,6 +16,9 @@ from typing import NamedTuple
 
 from .validation import ValidEvent
 
+_CACHE_KIB = 64 * 1024
+_CHECKPOINT_PAGES = 8192  # about 32 MiB of WAL with the default 4 KiB pages
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     message_id TEXT PRIMARY KEY,
@@ -59,6 +62,11 @@ class EventStore:
         # NORMAL skips the fsync per commit, which a test collector does not need.
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
+        # Random messageIds scatter every insert over the primary-key index, so each
+        # commit dirties many pages. A larger cache and rarer checkpoints (each one an
+        # fsync) cut the server's CPU per batch by about a fifth in the benchmark.
+        self._conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
+        self._conn.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")
         self._conn.execute(_SCHEMA)
         row = self._conn.execute("SELECT COUNT(*) FROM events").fetchone()
         self._count: int = row[0]
