@@ -754,6 +754,18 @@ def test_cli_serves_until_sigterm_and_keeps_the_events(tmp_path: Path) -> None:
     assert rows == [(event["messageId"], "track", json.dumps(event, separators=(",", ":")))]
 
 
+def test_cli_reports_an_unusable_database_and_exits_2(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    db = tmp_path / "missing-dir" / "x.sqlite3"
+    command = [sys.executable, "-m", "klime_mp.collector.cli", "--port", "0", "--db", str(db)]
+
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=20)
+
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.startswith("klime collector: ")
+
+
 def test_cli_applies_fault_flags_and_write_keys(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     command = [

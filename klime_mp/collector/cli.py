@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sqlite3
 import sys
 import threading
 from types import FrameType
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         collector = Collector(args.host, args.port, args.db, args.write_keys, fault_plan(args))
         collector.start()
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, sqlite3.Error) as exc:  # bad option, port taken, bad --db
         print(f"klime collector: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
