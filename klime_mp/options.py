@@ -6,6 +6,7 @@ message that names the option, never later inside the sender thread.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 from dataclasses import dataclass
@@ -90,9 +91,15 @@ def build_options(
     delay_ms = _positive_number(
         "retry_initial_delay", retry_initial_delay, DEFAULT_RETRY_INITIAL_DELAY_MS
     )
+    log = _logger(logger)
+    url = _endpoint(endpoint)
+    if _is_cleartext_remote(url):
+        log.warning(
+            "Klime: endpoint %s is plain http: the write key crosses the network unencrypted", url
+        )
     return Options(
         write_key=_write_key(write_key),
-        endpoint=_endpoint(endpoint),
+        endpoint=url,
         flush_interval=interval_ms / 1000.0,
         max_batch_size=batch,
         max_queue_size=_positive_int("max_queue_size", max_queue_size, DEFAULT_MAX_QUEUE_SIZE),
@@ -101,7 +108,7 @@ def build_options(
         ),
         retry_initial_delay=delay_ms / 1000.0,
         flush_on_shutdown=_bool("flush_on_shutdown", flush_on_shutdown, True),
-        logger=_logger(logger),
+        logger=log,
         on_error=_callback("on_error", on_error),
         on_success=_callback("on_success", on_success),
         timeout=_positive_number("timeout", timeout, DEFAULT_TIMEOUT_S),
@@ -134,6 +141,20 @@ def _endpoint(value: str | None) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"endpoint must be an http:// or https:// URL with a host, got {value!r}")
     return value.rstrip("/")
+
+
+def _is_cleartext_remote(url: str) -> bool:
+    """http:// to anything but this machine (the local collector is fine)."""
+    parts = urlsplit(url)
+    if parts.scheme != "http":
+        return False
+    host = parts.hostname or ""
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a DNS name
+        return True
 
 
 def _positive_int(name: str, value: int | None, default: int) -> int:

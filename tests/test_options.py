@@ -95,3 +95,23 @@ def test_constructing_a_client_starts_no_thread(collector: Any) -> None:
     client = make(endpoint=collector.url)
     assert threading.active_count() == before
     assert client.queue_size() == 0
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "warned"),
+    [
+        ("http://analytics.example.com", True),
+        ("http://10.0.0.5:8800", True),
+        ("https://i.klime.com", False),
+        ("http://127.0.0.1:8800", False),
+        ("http://localhost:8800", False),
+        ("http://[::1]:8800", False),
+    ],
+)
+def test_plain_http_to_another_machine_is_warned_about(
+    endpoint: str, warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    make(endpoint=endpoint, write_key="sk_secret")
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("plain http" in m for m in messages) == warned
+    assert not any("sk_secret" in m for m in messages)
