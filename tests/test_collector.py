@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import email.utils
 import http.client
 import json
 import os
@@ -145,6 +147,7 @@ def test_valid_batch_is_stored_and_counted(collector: Collector) -> None:
         stored=4,
         duplicates=0,
         rejected=0,
+        unacknowledged=0,
         status_counts={"200": 1},
         faults_injected={},
     )
@@ -228,6 +231,20 @@ def test_event_with_unpaired_surrogate_is_rejected_not_stored(collector: Collect
     assert reply["errors"] == [
         {"index": 1, "code": "invalid_encoding", "message": reply["errors"][0]["message"]}
     ]
+    assert collector.message_ids() == [good["messageId"]]
+
+
+def test_number_beyond_a_double_is_rejected_not_stored_as_infinity(
+    collector: Collector,
+) -> None:
+    good = track()
+    huge = json.dumps(track(properties={"n": 1})).replace('"n": 1', '"n": 1e400')
+    body = b'{"batch": [%s, %s]}' % (json.dumps(good).encode(), huge.encode())
+
+    status, reply = post_json(collector, body)
+
+    assert status == 200
+    assert [error["code"] for error in reply["errors"]] == ["invalid_number"]
     assert collector.message_ids() == [good["messageId"]]
 
 
@@ -486,6 +503,7 @@ def test_stats_endpoint_matches_python_api(collector: Collector) -> None:
         "stored": 1,
         "duplicates": 0,
         "rejected": 1,
+        "unacknowledged": 0,
         "status_counts": {"200": 1, "400": 1},
         "faults_injected": {},
     }
@@ -561,6 +579,62 @@ def test_stop_cuts_idle_keep_alive_connections_promptly(collector: Collector) ->
     conn.close()
 
 
+def test_down_refuses_connections_and_up_comes_back_with_the_same_data(
+    make_collector: MakeCollector,
+) -> None:
+    collector = make_collector()
+    port, url = collector.port, collector.url
+    first = track()
+    post_json(collector, batch_body(first))
+
+    collector.down()
+    collector.down()  # idempotent
+
+    assert not collector.is_up
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT).close()
+    assert collector.stats().stored == 1  # still readable while down
+    collector.up()
+    assert (collector.is_up, collector.port, collector.url) == (True, port, url)
+    post_json(collector, batch_body(first, track()))
+    stats = collector.stats()
+    assert (stats.stored, stats.duplicates, stats.requests) == (2, 1, 2)
+
+
+def test_down_cuts_a_delayed_request_without_storing_it(make_collector: MakeCollector) -> None:
+    collector = make_collector(faults=FaultPlan(delay=30))
+    outcome: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            post(collector, batch_body(track()))
+        except (OSError, http.client.HTTPException) as exc:
+            outcome.append(exc)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    deadline = time.monotonic() + TIMEOUT
+    while collector.stats().faults_injected.get("delay") != 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with collector.outage():
+        sender.join(TIMEOUT)
+        assert not sender.is_alive()
+
+    assert len(outcome) == 1  # the client saw the connection cut, not an answer
+    assert (collector.stats().stored, collector.stats().received) == (0, 0)
+    collector.faults = FaultPlan()
+    assert post(collector, batch_body(track()))[0] == 200
+
+
+def test_down_and_up_need_a_running_collector(make_collector: MakeCollector) -> None:
+    with pytest.raises(RuntimeError):
+        Collector().down()
+    collector = make_collector()
+    collector.stop()
+    with pytest.raises(RuntimeError):
+        collector.up()
+
+
 def test_collector_starts_only_once(make_collector: MakeCollector) -> None:
     collector = make_collector()
     with pytest.raises(RuntimeError):
@@ -576,7 +650,15 @@ def test_context_manager_serves_an_in_memory_database() -> None:
 
 @pytest.mark.parametrize(
     "options",
-    [{"error_rate": 1.5}, {"drop_rate": -0.1}, {"delay": -1}, {"status": 42}, {"retry_after": ""}],
+    [
+        {"error_rate": 1.5},
+        {"drop_rate": -0.1},
+        {"delay": -1},
+        {"delay_rate": 1.01},
+        {"status": 42},
+        {"retry_after": ""},
+        {"retry_after": "soon", "retry_after_as_date": True},
+    ],
 )
 def test_fault_plan_rejects_nonsense(options: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match=next(iter(options))):
@@ -638,6 +720,18 @@ def test_drop_after_store_stores_but_never_answers(make_collector: MakeCollector
 
     assert collector.message_ids() == [event["messageId"]]
     assert collector.stats().faults_injected == {"drop_after_store": 1}
+    assert collector.stats().unacknowledged == 1  # a resend of it would be unavoidable
+
+
+def test_retry_after_can_be_an_http_date_ahead(make_collector: MakeCollector) -> None:
+    plan = FaultPlan(rate_limit_rate=1.0, retry_after="30", retry_after_as_date=True)
+    collector = make_collector(faults=plan)
+
+    status, headers, _raw = post(collector, batch_body(track()))
+
+    assert status == 429
+    when = email.utils.parsedate_to_datetime(headers["Retry-After"])
+    assert 25 < when.timestamp() - time.time() <= 31
 
 
 def test_garbage_answers_200_that_is_not_json_after_storing(
@@ -662,6 +756,20 @@ def test_delay_holds_each_answer(make_collector: MakeCollector) -> None:
 
     assert time.monotonic() - started >= 0.3
     assert collector.stats().faults_injected == {"delay": 1}
+
+
+def test_delay_rate_holds_only_a_share_of_answers(make_collector: MakeCollector) -> None:
+    collector = make_collector(faults=FaultPlan(seed=7, delay=0.2, delay_rate=0.3))
+
+    took = []
+    for _ in range(20):
+        started = time.monotonic()
+        assert post(collector, batch_body(track()))[0] == 200
+        took.append(time.monotonic() - started)
+
+    delayed = collector.stats().faults_injected["delay"]
+    assert 1 <= delayed <= 12
+    assert sum(1 for seconds in took if seconds >= 0.2) == delayed
 
 
 def test_stop_interrupts_an_injected_delay(make_collector: MakeCollector) -> None:
@@ -789,3 +897,20 @@ def test_cli_applies_fault_flags_and_write_keys(tmp_path: Path) -> None:
             proc.wait()
         assert proc.stdout is not None
         proc.stdout.close()
+
+
+def test_cli_error_status_and_retry_after_date_flags() -> None:
+    from klime_mp.collector import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    flags = [
+        "--error-status", "500", "--retry-after", "5", "--retry-after-date",
+        "--delay", "0.5", "--delay-rate", "0.25",
+    ]  # fmt: skip
+    args = parser.parse_args(flags)
+
+    plan = cli.fault_plan(args)
+    assert (plan.status, plan.retry_after, plan.retry_after_as_date) == (500, "5", True)
+    assert (plan.delay, plan.delay_rate) == (0.5, 0.25)
+    assert (args.host, cli.fault_plan(parser.parse_args([]))) == ("127.0.0.1", FaultPlan())

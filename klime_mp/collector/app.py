@@ -89,10 +89,13 @@ class CollectorApp:
         return reply
 
     def _batch(self, authorization: str | None, body: bytes) -> Reply:
-        plan, fault = self._dice.draw()
-        if plan.delay > 0:
+        plan, fault, delayed = self._dice.draw()
+        if delayed:
             self.stats.fault_injected(faults.DELAY)
-            self.stopping.wait(plan.delay)
+            if self.stopping.wait(plan.delay):
+                # Stopped (or taken down) mid-delay: nothing is stored, so a client
+                # that resends after the outage cannot create a duplicate here.
+                return DROP
         early = self._fault_before_processing(plan, fault)
         if early is not None:
             return early
@@ -105,13 +108,16 @@ class CollectorApp:
         checked = check_batch(events)
         stored = self.store.insert(checked.valid) if checked.valid else InsertResult(0, 0)
         self.stats.events_received(len(events), stored.duplicates, len(checked.errors))
-        if fault in (faults.DROP_AFTER_STORE, faults.GARBAGE):
+        if fault == faults.DROP_AFTER_STORE:
+            # The client cannot know these arrived: resending them is right, and each
+            # resend is a raw duplicate that storage absorbs. Counted so tests can tell
+            # such unavoidable duplicates from a client that resends for no reason.
             self.stats.fault_injected(fault)
-            return (
-                DROP
-                if fault == faults.DROP_AFTER_STORE
-                else Reply(200, GARBAGE_BODY, (), "text/html")
-            )
+            self.stats.events_unacknowledged(len(checked.valid))
+            return DROP
+        if fault == faults.GARBAGE:
+            self.stats.fault_injected(fault)
+            return Reply(200, GARBAGE_BODY, (), "text/html")
         payload: dict[str, Any] = {
             "status": "ok",
             "accepted": len(checked.valid),
@@ -128,7 +134,8 @@ class CollectorApp:
         if fault == faults.ERROR:
             reply = error_reply(plan.status, "injected server error")
         elif fault == faults.RATE_LIMIT:
-            reply = error_reply(429, "injected rate limit", (("Retry-After", plan.retry_after),))
+            retry_after = plan.retry_after_header()
+            reply = error_reply(429, "injected rate limit", (("Retry-After", retry_after),))
         elif fault == faults.DROP:
             reply = DROP
         else:

@@ -45,9 +45,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     faults = parser.add_argument_group("fault injection (POST /v1/batch only)")
     faults.add_argument("--seed", type=int, default=0, help="seed of the fault decisions")
-    faults.add_argument("--error-rate", type=float, default=0.0, help="share answered 503")
+    faults.add_argument(
+        "--error-rate", type=float, default=0.0, help="share answered --error-status"
+    )
+    faults.add_argument(
+        "--error-status", type=int, default=503, help="status of those (default: %(default)s)"
+    )
     faults.add_argument("--rate-limit-rate", type=float, default=0.0, help="share answered 429")
     faults.add_argument("--retry-after", default="1", help="Retry-After value sent with 429")
+    faults.add_argument(
+        "--retry-after-date",
+        action="store_true",
+        help="send Retry-After as the HTTP date --retry-after seconds ahead",
+    )
     faults.add_argument(
         "--drop-rate", type=float, default=0.0, help="share closed unanswered, nothing stored"
     )
@@ -61,18 +71,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--garbage-rate", type=float, default=0.0, help="share stored, answered 200 non-JSON"
     )
     faults.add_argument("--delay", type=float, default=0.0, help="seconds to wait per batch")
+    faults.add_argument(
+        "--delay-rate", type=float, default=1.0, help="share of batches delayed (default: all)"
+    )
 
 
 def fault_plan(args: argparse.Namespace) -> FaultPlan:
     return FaultPlan(
         seed=args.seed,
         error_rate=args.error_rate,
+        status=args.error_status,
         rate_limit_rate=args.rate_limit_rate,
         retry_after=args.retry_after,
+        retry_after_as_date=args.retry_after_date,
         drop_rate=args.drop_rate,
         drop_after_store_rate=args.drop_after_store_rate,
         garbage_rate=args.garbage_rate,
         delay=args.delay,
+        delay_rate=args.delay_rate,
     )
 
 

@@ -7,9 +7,12 @@ at most one fault per request.
 
 from __future__ import annotations
 
+import email.utils
 import random
 import threading
+import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 # Names used as keys of ``CollectorStats.faults_injected`` and in log lines.
 ERROR = "error"
@@ -35,6 +38,11 @@ class FaultPlan:
     Each rate is a probability in [0, 1]. One uniform draw per request is compared
     against the rates stacked in field order, so at most one fault hits a request and
     a rate of 1.0 makes every request fail the same way.
+
+    ``delay`` holds the answer of a share ``delay_rate`` of requests (all of them by
+    default), whatever else happens to them: a slow server. ``retry_after`` is sent
+    verbatim with each 429, or, with ``retry_after_as_date``, as the HTTP date that many
+    seconds after the answer (RFC 9110 allows both forms).
     """
 
     seed: int = 0
@@ -46,9 +54,11 @@ class FaultPlan:
     drop_after_store_rate: float = 0.0
     garbage_rate: float = 0.0
     delay: float = 0.0
+    delay_rate: float = 1.0
+    retry_after_as_date: bool = False
 
     def __post_init__(self) -> None:
-        for name, _kind in _RATE_FIELDS:
+        for name in (*(name for name, _kind in _RATE_FIELDS), "delay_rate"):
             rate = getattr(self, name)
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {rate!r}")
@@ -61,11 +71,40 @@ class FaultPlan:
             raise ValueError(
                 f"retry_after must be a one-line header value, got {self.retry_after!r}"
             )
+        if self.retry_after_as_date and _seconds(self.retry_after) is None:
+            raise ValueError(
+                f"retry_after must be a number of seconds to send it as a date, "
+                f"got {self.retry_after!r}"
+            )
+
+    def retry_after_header(self) -> str:
+        """The Retry-After value of one 429 answered now."""
+        seconds = _seconds(self.retry_after) if self.retry_after_as_date else None
+        if seconds is None:
+            return self.retry_after
+        return email.utils.formatdate(time.time() + seconds, usegmt=True)
 
     @property
     def injects_faults(self) -> bool:
         """True when any rate is non-zero (the delay is not a random fault)."""
         return any(getattr(self, name) > 0 for name, _kind in _RATE_FIELDS)
+
+
+def _seconds(value: str) -> float | None:
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds < float("inf") else None
+
+
+class Draw(NamedTuple):
+    """What happens to one request: the plan in force, its fault (or None), and
+    whether its answer is held back by ``plan.delay``."""
+
+    plan: FaultPlan
+    fault: str | None
+    delayed: bool
 
 
 class FaultDice:
@@ -90,16 +129,19 @@ class FaultDice:
             self._plan = plan
             self._rng = random.Random(plan.seed)
 
-    def draw(self) -> tuple[FaultPlan, str | None]:
-        """Return the plan in force and the fault kind for one request (or None)."""
+    def draw(self) -> Draw:
+        """Decide the fate of one request."""
         with self._lock:
             plan = self._plan
-            if not plan.injects_faults:
-                return plan, None
-            roll = self._rng.random()
+            # Each roll is taken only when its setting can make a difference, so plans
+            # without a partial delay keep the fault sequence they always had.
+            roll = self._rng.random() if plan.injects_faults else 1.0
+            delayed = plan.delay > 0 and (
+                plan.delay_rate >= 1.0 or self._rng.random() < plan.delay_rate
+            )
         threshold = 0.0
         for name, kind in _RATE_FIELDS:
             threshold += getattr(plan, name)
             if roll < threshold:
-                return plan, kind
-        return plan, None
+                return Draw(plan, kind, delayed)
+        return Draw(plan, None, delayed)

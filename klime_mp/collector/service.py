@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
@@ -22,6 +25,8 @@ logger = logging.getLogger("klime_mp.collector")
 _POLL_SECONDS = 0.05
 # How long stop() waits for handler threads after cutting their connections.
 _STOP_GRACE_SECONDS = 5.0
+# How long up() keeps trying to bind the port it had before down().
+_REBIND_SECONDS = 5.0
 
 
 class Collector:
@@ -29,6 +34,8 @@ class Collector:
 
     Use as a context manager, or call ``start()`` and ``stop()``. With ``port=0`` the
     OS picks a free port; read it back from ``port`` or ``url`` after ``start()``.
+    ``down()`` and ``up()`` (or ``with collector.outage():``) take it away and bring it
+    back on the same port with the same database, as a server restart would.
     """
 
     def __init__(
@@ -62,19 +69,11 @@ class Collector:
             store = EventStore(self._db)
             app = CollectorApp(store, self._write_keys, self._faults)
             try:
-                server = CollectorHTTPServer((self._host, self._port), app)
+                self._serve(app, bind_timeout=0.0)
             except BaseException:
                 store.close()
                 raise
-            self._app, self._server = app, server
-            self._port = server.server_port
-            self._thread = threading.Thread(
-                target=server.serve_forever,
-                args=(_POLL_SECONDS,),
-                name=f"klime-collector:{self._port}",
-                daemon=True,
-            )
-            self._thread.start()
+            self._app = app
         logger.debug("collector listening on %s", self.url)
         return self
 
@@ -84,16 +83,83 @@ class Collector:
             if self._stopped:
                 return
             self._stopped = True
-            app, server, thread = self._app, self._server, self._thread
-        if app is None or server is None or thread is None:
-            return  # never started
-        app.stopping.set()
+            app = self._app
+            if app is None:
+                return  # never started
+            self._halt(app)
+        app.store.close()
+
+    def down(self) -> None:
+        """Go away like a crashed or restarting server: stop listening (new connections
+        are refused) and cut the open ones, answering nothing more. The database, the
+        counters and the fault plan are kept for ``up()``."""
+        with self._lock:
+            app = self._running_app()
+            if self._server is not None:
+                self._halt(app)
+
+    def up(self, bind_timeout: float = _REBIND_SECONDS) -> None:
+        """Come back after ``down()`` on the same address, port and database."""
+        with self._lock:
+            app = self._running_app()
+            if self._server is None:
+                app.stopping.clear()
+                self._serve(app, bind_timeout)
+        logger.debug("collector back on %s", self.url)
+
+    @contextlib.contextmanager
+    def outage(self) -> Iterator[None]:
+        """``with collector.outage(): ...``: down inside the block, up after it."""
+        self.down()
+        try:
+            yield
+        finally:
+            self.up()
+
+    @property
+    def is_up(self) -> bool:
+        return self._server is not None
+
+    def _serve(self, app: CollectorApp, bind_timeout: float) -> None:
+        """Bind (retrying for ``bind_timeout`` while the port is busy) and serve."""
+        deadline = time.monotonic() + bind_timeout
+        while True:
+            try:
+                server = CollectorHTTPServer((self._host, self._port), app)
+                break
+            except OSError as exc:
+                # After down() an outgoing connection of another program may hold the
+                # port for a moment; a restarted server retries the same way.
+                if exc.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
+        self._server = server
+        self._port = server.server_port
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            args=(_POLL_SECONDS,),
+            name=f"klime-collector:{self._port}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _halt(self, app: CollectorApp) -> None:
+        """Stop the HTTP side (caller holds ``_lock``); a no-op when already down."""
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is None or thread is None:
+            return
+        app.stopping.set()  # cuts injected delays short: they answer nothing
         server.shutdown()
         thread.join()
         if not server.close_clients(_STOP_GRACE_SECONDS):
             logger.warning("collector handler threads still busy after stop()")
         server.server_close()
-        app.store.close()
+
+    def _running_app(self) -> CollectorApp:
+        if self._app is None or self._stopped:
+            raise RuntimeError("the collector is not running (never started, or stopped)")
+        return self._app
 
     def __enter__(self) -> Collector:
         return self.start()
@@ -113,7 +179,7 @@ class Collector:
 
     @property
     def url(self) -> str:
-        if self._server is None:
+        if self._app is None:
             raise RuntimeError("the collector has no URL until start()")
         host = f"[{self._host}]" if ":" in self._host else self._host
         return f"http://{host}:{self._port}"

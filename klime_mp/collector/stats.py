@@ -15,6 +15,11 @@ class CollectorStats:
     ``received`` counts raw receipts in well-formed batches, retries and invalid events
     included, so ``received == (stored events that were new) + duplicates + rejected``
     since the last reset. ``stored`` is the number of unique events in the database.
+
+    ``unacknowledged`` counts valid events of batches that were stored but never
+    answered (the ``drop_after_store`` fault): the client cannot know they arrived, so
+    it must resend them. A client that resends nothing else keeps
+    ``duplicates <= unacknowledged``.
     """
 
     requests: int
@@ -23,6 +28,7 @@ class CollectorStats:
     stored: int
     duplicates: int
     rejected: int
+    unacknowledged: int
     status_counts: dict[str, int]
     faults_injected: dict[str, int]
 
@@ -44,6 +50,7 @@ class StatsRecorder:
             self._received = 0
             self._duplicates = 0
             self._rejected = 0
+            self._unacknowledged = 0
             self._statuses: Counter[str] = Counter()
             self._faults: Counter[str] = Counter()
 
@@ -64,6 +71,10 @@ class StatsRecorder:
             self._duplicates += duplicates
             self._rejected += rejected
 
+    def events_unacknowledged(self, count: int) -> None:
+        with self._lock:
+            self._unacknowledged += count
+
     def fault_injected(self, kind: str) -> None:
         with self._lock:
             self._faults[kind] += 1
@@ -77,6 +88,7 @@ class StatsRecorder:
                 stored=stored,
                 duplicates=self._duplicates,
                 rejected=self._rejected,
+                unacknowledged=self._unacknowledged,
                 status_counts=dict(self._statuses),
                 faults_injected=dict(self._faults),
             )

@@ -26,7 +26,11 @@ _TIMESTAMP = re.compile(
 
 # Events come from json.loads, so they cannot be circular: skipping the check saves
 # time on the hot path. ensure_ascii=False keeps the size close to what was sent.
-_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False)
+# allow_nan=False: a literal like 1e400 is valid JSON but parses to infinity, which
+# would be stored as the non-JSON token Infinity.
+_COMPACT = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, check_circular=False, allow_nan=False
+)
 
 
 class BatchError(ValueError):
@@ -153,6 +157,8 @@ def check_event(event: Any) -> ValidEvent | EventError:
         return EventError("invalid_encoding", "event contains text that is not valid Unicode")
     except RecursionError:
         return EventError("invalid_event", "event is nested too deeply")
+    except ValueError:  # a number beyond the range of a double (1e400)
+        return EventError("invalid_number", "event contains a number out of range")
     if size > MAX_EVENT_BYTES:
         return EventError(
             "event_too_large", f"event is {size} bytes; at most {MAX_EVENT_BYTES} allowed"
