@@ -129,6 +129,13 @@ def _write_key(value: str | None) -> str:
         raise TypeError(f"write_key must be a string, got {type(value).__name__}")
     if not value.strip():
         raise ValueError("write_key must not be empty")
+    if not all("!" <= char <= "~" for char in value):
+        # It goes into the Authorization header: a stray newline or a non-ASCII letter
+        # fails every request there, with the key quoted in the error. Never quote it.
+        raise ValueError(
+            "write_key must be printable ASCII without spaces (a trailing newline "
+            "from a file or variable?)"
+        )
     return value
 
 
