@@ -8,26 +8,36 @@ A client keeps its queue, locks, sender thread and HTTP session in a per-process
   per-client hooks would pile up. In the child it only drops references, because it
   runs before anything else there: no locks, no logging, no I/O, no threads.
 * A PID check on every call catches forks that run no Python hooks (uWSGI forks from C
-  by default), so the first call in such a child rebuilds the same way.
+  by default), so the first call in such a child rebuilds the same way. The PID and
+  the value are one tuple, read in one step, so a thread can never pair this
+  process's PID with the parent's value.
 * The rebuild never acquires an inherited lock (another thread may have held it at the
   fork, and it would stay held forever): the lock guarding a rebuild is looked up by
-  PID, so each process creates its own.
-* Exit: queued events are flushed by whichever exit path the process really takes:
-  ``atexit`` for ordinary exits, ``multiprocessing.util.Finalize`` for multiprocessing
-  children (they leave through ``os._exit`` after running finalizers, never running
-  ``atexit``). Each hook flushes only what the current process owns, because ``atexit``
-  handlers registered in a parent also run in a forked child that exits normally.
+  PID, so each process creates its own, and the parent's value is let go through
+  ``abandon()``, which takes no lock either.
+* Exit: queued events are flushed by whichever exit path the process really takes,
+  once, by the process that queued them (each hook flushes only the values built in
+  the current process, because hooks registered in a parent also run in its children):
+  ``atexit`` for ordinary exits; ``multiprocessing.util.Finalize`` in multiprocessing
+  children, which leave through ``os._exit`` and never run ``atexit``; and, in those
+  children only, SIGTERM, which ``Pool.terminate()`` (and so ``with Pool() as p``)
+  sends to workers that may still hold queued events.
 """
 
 from __future__ import annotations
 
 import atexit
+import logging
 import multiprocessing
 import multiprocessing.util
 import os
+import signal
 import threading
 import weakref
-from typing import Callable, Generic, Protocol, TypeVar
+from types import FrameType
+from typing import Any, Callable, Generic, Protocol, TypeVar, cast
+
+logger = logging.getLogger(__name__)
 
 
 class PerProcessState(Protocol):
@@ -37,9 +47,20 @@ class PerProcessState(Protocol):
 
 T = TypeVar("T", bound=PerProcessState)
 
-_live: weakref.WeakSet[ProcessLocal[PerProcessState]] = weakref.WeakSet()
+DEFAULT_EXIT_TIMEOUT_S = 5.0
+# Added to the clients' own shutdown timeouts before a SIGTERM flush is cut short.
+SIGTERM_GRACE_S = 0.5
+
+_live: weakref.WeakSet[ProcessLocal[Any]] = weakref.WeakSet()
+# Those with a value in this process, held strongly: a client dropped by its code (a
+# local variable, a function that returned) still has events to flush at exit.
+_owned: set[ProcessLocal[Any]] = set()
 _locks_by_pid: dict[int, threading.Lock] = {}
-_finalizer_pids: set[int] = set()
+_exit_hook_pids: set[int] = set()  # processes whose multiprocessing exit hooks are set
+
+# The PID whose exit flush has begun; 0 until then. Read by callers after queueing:
+# see ``ProcessLocal.exit_if_late``.
+exit_flushed_pid = 0
 
 # Tests replace this to simulate a fork without forking (the PID source is injectable).
 getpid: Callable[[], int] = os.getpid
@@ -59,60 +80,125 @@ def process_lock() -> threading.Lock:
 class ProcessLocal(Generic[T]):
     """A value owned by one process and rebuilt by ``factory`` in every other one."""
 
-    def __init__(self, factory: Callable[[], T], on_exit: Callable[[T], None]) -> None:
+    def __init__(
+        self,
+        factory: Callable[[], T],
+        on_exit: Callable[[T], None],
+        *,
+        exit_timeout: float = DEFAULT_EXIT_TIMEOUT_S,
+    ) -> None:
         self._factory = factory
         self._on_exit = on_exit
-        self._value: T | None = None
-        self._owner_pid = 0
+        self.exit_timeout = exit_timeout  # how long on_exit may take; bounds SIGTERM
+        # (owner PID, value) in one tuple, replaced whole. PID 0 is no process's own,
+        # so the placeholder value is never returned.
+        self._state: tuple[int, T] = _EMPTY
         self._inherited: T | None = None  # the parent's value, seen by the fork hook
-        _live.add(self)  # type: ignore[arg-type]  # WeakSet is invariant; T is bounded
+        _live.add(self)
 
     def get(self) -> T:
         """This process's value, built on first use here."""
-        value = self._value
-        if value is not None and self._owner_pid == getpid():
-            return value
+        state = self._state
+        if state[0] == getpid():
+            return state[1]
         return self._build()
 
     def peek(self) -> T | None:
         """This process's value if it has one; never builds."""
-        value = self._value
-        return value if value is not None and self._owner_pid == getpid() else None
+        state = self._state
+        return state[1] if state[0] == getpid() else None
+
+    def exit_if_late(self) -> None:
+        """Run the exit hook now if this process's exit flush has already run.
+
+        Call after handing work to the value. The exit flush runs once; a call made
+        after it (from an ``atexit`` handler registered before klime_mp was imported:
+        ``atexit`` runs handlers last-registered first) would queue events that no one
+        sends. Running ``on_exit`` here sends them from the calling thread when no
+        thread can start (Python 3.12+ at shutdown), bounded like any exit flush."""
+        if exit_flushed_pid == getpid():
+            self._exit()
 
     def _build(self) -> T:
         pid = getpid()
         with process_lock():
-            if self._value is not None and self._owner_pid == pid:
-                return self._value
-            stale = self._inherited or self._value  # the latter after a C-level fork
+            state = self._state
+            if state[0] == pid:
+                return state[1]
+            stale = self._inherited if self._inherited is not None else _value_of(state)
             self._inherited = None
             if stale is not None:
-                stale.abandon()
-            self._value = self._factory()
-            self._owner_pid = pid
+                _abandon(stale)
+            value = self._factory()
+            self._state = (pid, value)
+            _owned.add(self)
         _install_exit_hooks(pid)
-        return self._value
+        return value
 
     def _forget_after_fork(self) -> None:
-        if self._value is not None:
-            self._inherited, self._value = self._value, None
+        value = _value_of(self._state)
+        if value is not None:
+            self._inherited, self._state = value, _EMPTY
 
     def _exit(self) -> None:
-        value = self.peek()
-        if value is not None:
-            self._on_exit(value)
+        state = self._state
+        if state[0] != getpid():
+            return
+        self._state = _EMPTY  # a later call builds afresh and exits it itself
+        _owned.discard(self)
+        self._on_exit(state[1])
+
+
+# pid 0 never matches getpid(), so the cast placeholder is never handed out.
+_EMPTY: tuple[int, Any] = (0, cast(Any, None))
+
+
+def _value_of(state: tuple[int, T]) -> T | None:
+    return state[1] if state[0] else None
+
+
+def _abandon(stale: PerProcessState) -> None:
+    # The parent's leftovers must not fail the child's call that found them.
+    try:
+        stale.abandon()
+    except Exception:
+        logger.debug("Klime: could not release the parent's state", exc_info=True)
 
 
 def _after_fork_in_child() -> None:
     # Runs first thing in every os.fork() child: references only (see module doc).
+    global exit_flushed_pid
+    exit_flushed_pid = 0
     _locks_by_pid.clear()
+    _owned.clear()  # the parent's to keep; this process owns nothing yet
     for local in list(_live):
         local._forget_after_fork()
 
 
 def _flush_at_exit() -> None:
+    global exit_flushed_pid
+    exit_flushed_pid = getpid()
     for local in list(_live):
         local._exit()  # each one flushes only what this process owns
+
+
+# -- for server integrations (klime_mp.gunicorn_conf, klime_mp.uwsgi, klime_mp.wsgi) --
+
+
+def exit_flush_now() -> None:
+    """Run this process's exit flush now, for hosts whose dependable exit path is a
+    hook of their own (Gunicorn's ``worker_exit``, uWSGI's ``uwsgi.atexit``). Each
+    value is flushed once: the ``atexit`` flush later finds nothing left."""
+    _flush_at_exit()
+
+
+def owned_values() -> list[PerProcessState]:
+    """The values this process owns now (never builds one): what a per-request flush
+    or a dying worker's report must cover."""
+    return [value for value in (local.peek() for local in list(_live)) if value is not None]
+
+
+# -- multiprocessing children ------------------------------------------------------------
 
 
 def _install_exit_hooks(pid: int) -> None:
@@ -120,11 +206,69 @@ def _install_exit_hooks(pid: int) -> None:
 
     It is registered in the child itself, after multiprocessing has cleared the
     finalizers it inherited from its parent."""
-    if pid in _finalizer_pids or multiprocessing.parent_process() is None:
+    if pid in _exit_hook_pids or multiprocessing.parent_process() is None:
         return
-    _finalizer_pids.add(pid)
+    _exit_hook_pids.add(pid)
     multiprocessing.util.Finalize(None, _flush_at_exit, exitpriority=100)
+    _install_sigterm_flush()
+
+
+def _multiprocessing_child_started(_anchor: object) -> None:
+    # multiprocessing runs this in each child it starts (fork, forkserver, spawn), just
+    # after clearing the finalizers inherited from the parent. A spawn child may have
+    # built a value already, while importing the parent's modules, when it did not yet
+    # count as a multiprocessing child: register its hooks now.
+    pid = getpid()
+    _exit_hook_pids.discard(pid)
+    if any(local.peek() is not None for local in list(_live)):
+        _install_exit_hooks(pid)
+
+
+class _Anchor:
+    """register_after_fork holds its object weakly: this one lives as long as we do."""
+
+
+_anchor = _Anchor()
+
+
+def _install_sigterm_flush() -> None:
+    """Flush on SIGTERM in a multiprocessing child, then die of SIGTERM as before.
+
+    Why: ``Pool.terminate()``, which ``with Pool() as p`` calls on leaving the block,
+    SIGTERMs workers that are idle but may still hold queued events; with the default
+    action they vanish with them. Only where SIGTERM still has its default action (a
+    handler someone installed is theirs to keep) and only from the main thread (the
+    only one that may set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _flush_then_terminate)
+    except (ValueError, OSError):  # no signals here (an embedded interpreter)
+        return
+
+
+def _flush_then_terminate(signum: int, frame: FrameType | None) -> None:
+    # The handler interrupts the main thread anywhere, possibly while it holds a worker
+    # lock: flush from a helper thread and wait a bounded time, so the process still
+    # dies promptly even then. A second SIGTERM kills at once (default action restored).
+    signal.signal(signum, signal.SIG_DFL)
+    limit = SIGTERM_GRACE_S + sum(
+        local.exit_timeout for local in list(_live) if local.peek() is not None
+    )
+    try:
+        flusher = threading.Thread(target=_flush_at_exit, name="klime-sigterm", daemon=True)
+        flusher.start()
+        flusher.join(limit)
+    finally:
+        signal.raise_signal(signum)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+multiprocessing.util.register_after_fork(_anchor, _multiprocessing_child_started)
+# urllib3 closes pooled connections from weakref.finalize, whose own atexit hook is
+# registered on first use: later than ours, so it would run first (atexit is last in,
+# first out) and the exit flush would pay for a new connection (a TLS handshake).
+# Using weakref.finalize once now puts its hook before ours.
+weakref.finalize(_anchor, int)
 atexit.register(_flush_at_exit)
