@@ -9,6 +9,7 @@ from __future__ import annotations
 import email.utils
 import encodings.idna  # noqa: F401  # see below
 import json
+import netrc  # noqa: F401  # see below
 import random
 import threading
 import time
@@ -25,6 +26,9 @@ from klime_mp.responses import BatchResponse, ValidationError
 # Why the idna import above: requests imports the codec lazily on the first hostname it
 # handles; a freshly forked child whose first use happens in its sender thread can then
 # fail with "LookupError: unknown encoding: idna" and lose every event. Import it now.
+# Likewise netrc, which requests imports on the first request (get_netrc_auth): a fork
+# while the parent's sender holds that import's module lock left the child's sender
+# waiting for it forever (seen in tests/test_fork.py's stress test).
 
 MAX_BACKOFF_S = 16.0  # the official SDK's cap
 MAX_RETRY_AFTER_S = 60.0  # a server asking for longer is not obeyed beyond this
@@ -107,10 +111,24 @@ class Transport:
             session.close()
 
     def abandon(self) -> None:
-        """After fork: the child drops the parent's sockets with close(), which only
-        releases this process's file descriptor; shutdown() would end the parent's
-        connection too."""
-        self.close()
+        """After fork, in the child: close this process's copies of the parent's idle
+        pooled sockets. close() only releases this process's file descriptor;
+        shutdown() would end the parent's connection too. Session.close() is not used:
+        it takes urllib3's pool locks, which a parent thread may have held at the fork
+        and which then stay held forever in the child. So the pools are read directly,
+        without locks (nothing else runs on them here). A socket the parent had checked
+        out mid-request is not in a pool: it is left alone, never used."""
+        session, self._session = self._session, None
+        if session is None:
+            return
+        for adapter in list(session.adapters.values()):
+            pools = getattr(getattr(adapter, "poolmanager", None), "pools", None)
+            for pool in list(getattr(pools, "_container", {}).values()):
+                idle = getattr(getattr(pool, "pool", None), "queue", None) or ()
+                for connection in list(idle):
+                    sock = getattr(connection, "sock", None)
+                    if sock is not None:
+                        sock.close()
 
     # -- one attempt -----------------------------------------------------------------
 
