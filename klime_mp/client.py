@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Optional
 
-from klime_mp import events
+from klime_mp import events, forksafe
 from klime_mp.forksafe import ProcessLocal
 from klime_mp.options import ErrorCallback, Options, SuccessCallback, build_options
 from klime_mp.responses import BatchResponse, EventTooLargeError, SendError
@@ -69,6 +69,7 @@ class KlimeClient:
         self._worker: ProcessLocal[Worker] = ProcessLocal(
             functools.partial(Worker, self._options),
             functools.partial(_exit_flush, self._options),
+            exit_timeout=self._options.shutdown_timeout,
         )
 
     @property
@@ -175,6 +176,8 @@ class KlimeClient:
                     self._options.logger.exception("Klime: on_error callback raised")
             return
         worker.enqueue(data)
+        if forksafe.exit_flushed_pid:  # only once the process is exiting
+            self._worker.exit_if_late()
 
     def _send_now(self, body: dict[str, Any]) -> BatchResponse:
         data = events.serialize(body)
