@@ -21,16 +21,13 @@ def main(argv: list[str] | None = None) -> int:
     collector_cli.add_arguments(collector)
     collector.set_defaults(run=collector_cli.run)
 
-    try:
-        from klime_mp import demo
-    except ImportError:  # the demo needs gunicorn; the collector does not
-        demo = None  # type: ignore[assignment]
-    if demo is not None:
-        demo_parser = commands.add_parser(
-            "demo", help="serve the example app under gunicorn and count what arrives"
-        )
-        demo.add_arguments(demo_parser)
-        demo_parser.set_defaults(run=demo.run)
+    from klime_mp import demo  # imports gunicorn only when the demo runs
+
+    demo_parser = commands.add_parser(
+        "demo", help="serve the example app under gunicorn and count what arrives"
+    )
+    demo.add_arguments(demo_parser)
+    demo_parser.set_defaults(run=demo.run)
 
     args = parser.parse_args(argv)
     return int(args.run(args))

@@ -1,0 +1,124 @@
+"""Shared helpers for the server tests: real Gunicorn and uWSGI serving the example app.
+
+Each test gets its own directory, free loopback ports and a ``Servers`` that SIGKILLs
+every server's process group at teardown. The servers are the demo's
+(``klime_mp.demo``), so every server test also exercises what ``klime-mp demo`` runs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable
+
+from klime_mp.collector import Collector
+from klime_mp.demo import (
+    LoadResult,
+    ServerProcess,
+    Tally,
+    drive,
+    gunicorn_argv,
+    server_env,
+    tally,
+    uwsgi_argv,
+)
+
+REQUESTS = 60  # per case: enough to reach every worker, few enough for a 2-core CI box
+
+# Short graceful timeouts keep a hung stop from eating the test's time budget.
+GUNICORN_FAST = ("--graceful-timeout", "10", "--timeout", "20")
+
+
+class Servers:
+    """Starts servers against one collector and kills all of them at the end."""
+
+    def __init__(self, tmp_path: Path, collector: Collector) -> None:
+        self.tmp_path = tmp_path
+        self.collector = collector
+        self._started: list[ServerProcess] = []
+
+    def gunicorn(self, *options: str, workers: int = 1, app: str = "app:app") -> ServerProcess:
+        return self._start(
+            lambda port: gunicorn_argv(port, workers, *GUNICORN_FAST, *options, app=app)
+        )
+
+    def gunicorn_with_config(self, config: Path, *options: str) -> ServerProcess:
+        """Gunicorn reading a user's config file (workers and all) instead of ours."""
+        return self._start(
+            lambda port: gunicorn_argv(port, None, *GUNICORN_FAST, *options, config=str(config))
+        )
+
+    def uwsgi(self, *options: str, workers: int = 4, ini: Path | None = None) -> ServerProcess:
+        fifo = self.tmp_path / f"uwsgi-{len(self._started)}.fifo"
+        return self._start(lambda port: uwsgi_argv(port, workers, fifo, *options, ini=ini), fifo)
+
+    def _start(self, argv: Callable[[int], list[str]], fifo: Path | None = None) -> ServerProcess:
+        log = self.tmp_path / f"server-{len(self._started)}.log"
+        server = ServerProcess(argv, server_env(self.collector.url), log, fifo)
+        self._started.append(server)
+        return server.start()
+
+    def close(self) -> None:
+        for server in self._started:
+            server.kill()
+
+
+@contextmanager
+def running_servers(tmp_path: Path, collector: Collector) -> Iterator[Servers]:
+    servers = Servers(tmp_path, collector)
+    try:
+        yield servers
+    finally:
+        servers.close()
+
+
+def run_load(
+    server: ServerProcess,
+    total: int = REQUESTS,
+    at: dict[int, Callable[[], None]] | None = None,
+    concurrency: int = 4,
+) -> LoadResult:
+    """Drive ``total`` requests; ``at[n]`` runs (once) when the n-th answer is in.
+
+    The load pauses while an action runs (each thread stops after its current
+    request), so an action can wait for, say, a reload to finish mid-load."""
+    pending = dict(at or {})
+    gate = threading.Lock()
+
+    def on_progress(done: int) -> None:
+        with gate:
+            action = pending.pop(done, None)
+            if action is not None:
+                action()
+
+    return drive(server.url, total, concurrency, on_progress)
+
+
+def wait_for_log(server: ServerProcess, text: str, count: int, timeout: float = 20.0) -> None:
+    """Wait until ``text`` appears ``count`` times in the server's log."""
+    deadline = time.monotonic() + timeout
+    while server.log().count(text) < count:
+        assert time.monotonic() < deadline, f"no {count} x {text!r} in:\n{server.log_tail()}"
+        time.sleep(0.05)
+
+
+def stop_and_count(server: ServerProcess, collector: Collector, load: LoadResult) -> Tally:
+    status = server.stop()
+    assert status == 0, f"server exited with {status}:\n{server.log_tail()}"
+    return tally(collector, load.events_expected)
+
+
+def assert_exactly_once(load: LoadResult, got: Tally, *, allow_refused: bool = False) -> None:
+    """Every answered request's events arrived once; none twice; none extra."""
+    if allow_refused:  # a stopping server refuses connections; it must not fail requests
+        assert not [error for error in load.errors if error.startswith("HTTP")], load.errors
+    else:
+        assert load.failed == 0, load.errors[:5]
+    assert load.ok > 0
+    assert got.duplicates == 0
+    assert got.stored == load.events_expected
+    # One track event per request, tagged with the PID of the worker that answered it.
+    assert got.track_by_pid == load.requests_by_pid

@@ -1,0 +1,97 @@
+"""``klime-mp demo``, the README's main command, runs end to end and tells the truth."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from klime_mp.demo import LoadResult, Progress, Tally, planned_request, report
+
+pytestmark = pytest.mark.server
+
+
+def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
+    return subprocess.run(
+        [sys.executable, "-m", "klime_mp", "demo", *args],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=env,
+    )
+
+
+def test_demo_runs_end_to_end_and_exits_0() -> None:
+    pytest.importorskip("gunicorn")
+    result = run_demo("--requests", "60", "--workers", "4")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "4 Gunicorn (--preload) workers" in out
+    assert "requests sent     60 (60 ok, 0 failed)" in out
+    assert "duplicates        0" in out
+    assert "OK: every tracked event arrived exactly once." in out
+    assert "60/60 requests" in result.stderr  # the progress bar, on stderr
+
+
+@pytest.mark.skipif(
+    not Path(sys.executable).with_name("uwsgi").is_file() and shutil.which("uwsgi") is None,
+    reason="uWSGI is not installed",
+)
+def test_demo_runs_under_uwsgi() -> None:
+    result = run_demo("--requests", "40", "--workers", "2", "--uwsgi")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 uWSGI workers" in result.stdout
+    assert "OK: every tracked event arrived exactly once." in result.stdout
+
+
+def test_demo_module_imports_without_gunicorn() -> None:
+    # sys.modules[name] = None makes "import gunicorn" fail, as if it were not installed.
+    code = (
+        "import sys; sys.modules['gunicorn'] = None; sys.modules['gunicorn.config'] = None\n"
+        "from klime_mp.__main__ import main\n"
+        "sys.exit(main(['demo', '--requests', '1']))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "the demo needs Gunicorn: pip install gunicorn" in result.stderr
+
+
+def test_report_fails_when_an_event_is_missing() -> None:
+    load = LoadResult(sent=2, ok=2, events_expected=3, requests_by_pid=Counter({10: 2}))
+    got = Tally(stored=2, duplicates=0, connections=1, batches=1, track_by_pid=Counter({10: 1}))
+    out = io.StringIO()
+    assert report(load, got, 1.0, out) is False
+    assert "FAIL: events were LOST or DUPLICATED." in out.getvalue()
+    assert "<- mismatch" in out.getvalue()
+
+
+def test_report_fails_on_duplicates() -> None:
+    load = LoadResult(sent=1, ok=1, events_expected=1, requests_by_pid=Counter({10: 1}))
+    got = Tally(stored=1, duplicates=1, connections=1, batches=2, track_by_pid=Counter({10: 1}))
+    assert report(load, got, 1.0, io.StringIO()) is False
+
+
+def test_each_user_signs_in_then_joins_then_acts() -> None:
+    paths = [planned_request(index, 20)[0] for index in range(20)]
+    assert paths[:2] == ["/login", "/login"]  # 20 requests: two users
+    assert paths[2:4] == ["/orgs/org_0/members", "/orgs/org_1/members"]
+    assert set(paths[4:]) == {"/reports"}
+
+
+def test_progress_is_plain_lines_when_not_a_terminal() -> None:
+    out = io.StringIO()
+    progress = Progress(100, out)
+    for done in range(1, 101):
+        progress(done)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 11  # the first request, then every tenth
+    assert lines[-1].endswith("100/100 requests")
