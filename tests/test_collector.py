@@ -723,6 +723,24 @@ def test_drop_after_store_stores_but_never_answers(make_collector: MakeCollector
     assert collector.stats().unacknowledged == 1  # a resend of it would be unavoidable
 
 
+def test_a_client_that_left_before_a_slow_answer_is_counted_unacknowledged(
+    make_collector: MakeCollector,
+) -> None:
+    collector = make_collector(faults=FaultPlan(delay=0.5))
+    conn = http.client.HTTPConnection("127.0.0.1", collector.port, timeout=0.1)
+    with pytest.raises(socket.timeout):  # TimeoutError from Python 3.10 on
+        request(
+            conn, "POST", "/v1/batch", batch_body(track(), track()), {"Authorization": "Bearer k"}
+        )
+    conn.close()  # as a client that times out does
+
+    assert collector.wait_for(2, TIMEOUT)  # stored anyway, after the delay
+    deadline = time.monotonic() + TIMEOUT
+    while collector.stats().requests < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert collector.stats().unacknowledged == 2
+
+
 def test_retry_after_can_be_an_http_date_ahead(make_collector: MakeCollector) -> None:
     plan = FaultPlan(rate_limit_rate=1.0, retry_after="30", retry_after_as_date=True)
     collector = make_collector(faults=plan)

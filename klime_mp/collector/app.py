@@ -6,6 +6,7 @@ The request handler turns each request into one call here and writes back the
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 import threading
@@ -35,6 +36,7 @@ class Reply:
     body: bytes = b""
     headers: tuple[tuple[str, str], ...] = ()
     content_type: str = "application/json"
+    stored: int = 0  # events of the request that are in the store, acknowledged by it
 
 
 DROP = Reply(None)
@@ -117,7 +119,7 @@ class CollectorApp:
             return DROP
         if fault == faults.GARBAGE:
             self.stats.fault_injected(fault)
-            return Reply(200, GARBAGE_BODY, (), "text/html")
+            return Reply(200, GARBAGE_BODY, (), "text/html", len(checked.valid))
         payload: dict[str, Any] = {
             "status": "ok",
             "accepted": len(checked.valid),
@@ -128,7 +130,13 @@ class CollectorApp:
                 {"index": index, "message": error.message, "code": error.code}
                 for index, error in checked.errors
             ]
-        return json_reply(200, payload)
+        return dataclasses.replace(json_reply(200, payload), stored=len(checked.valid))
+
+    def unacknowledged(self, reply: Reply) -> None:
+        """The client left before ``reply`` could reach it (it timed out): what the
+        reply acknowledged will come again, as from a dropped connection."""
+        if reply.stored:
+            self.stats.events_unacknowledged(reply.stored)
 
     def _fault_before_processing(self, plan: FaultPlan, fault: str | None) -> Reply | None:
         if fault == faults.ERROR:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import socket
 import socketserver
 import threading
@@ -64,7 +65,19 @@ class CollectorRequestHandler(BaseHTTPRequestHandler):
         if len(body) < length:  # the client went away mid-body
             self.close_connection = True
             return
-        self._reply(app.batch(self.headers.get("Authorization"), body))
+        reply = app.batch(self.headers.get("Authorization"), body)
+        if reply.stored and self._peer_closed():
+            app.unacknowledged(reply)
+        self._reply(reply)
+
+    def _peer_closed(self) -> bool:
+        """True when the client has closed its end: it stopped waiting for our answer.
+        Only a slow (injected delay) answer gets here late enough for that."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and not self.connection.recv(1, socket.MSG_PEEK)
+        except (OSError, ValueError):  # reset by the peer, or already closed
+            return True
 
     def _body_length(self) -> tuple[int, tuple[int, str] | None]:
         """The declared body length, or the (status, message) to refuse with."""
