@@ -61,6 +61,7 @@ _exit_hook_pids: set[int] = set()  # processes whose multiprocessing exit hooks 
 # The PID whose exit flush has begun; 0 until then. Read by callers after queueing:
 # see ``ProcessLocal.exit_if_late``.
 exit_flushed_pid = 0
+_exit_flush_running = 0  # the PID running the exit flush right now
 
 # Tests replace this to simulate a fork without forking (the PID source is injectable).
 getpid: Callable[[], int] = os.getpid
@@ -176,10 +177,13 @@ def _after_fork_in_child() -> None:
 
 
 def _flush_at_exit() -> None:
-    global exit_flushed_pid
-    exit_flushed_pid = getpid()
-    for local in list(_live):
-        local._exit()  # each one flushes only what this process owns
+    global exit_flushed_pid, _exit_flush_running
+    exit_flushed_pid = _exit_flush_running = getpid()
+    try:
+        for local in list(_live):
+            local._exit()  # each one flushes only what this process owns
+    finally:
+        _exit_flush_running = 0
 
 
 # -- for server integrations (klime_mp.gunicorn_conf, klime_mp.uwsgi, klime_mp.wsgi) --
@@ -253,6 +257,10 @@ def _flush_then_terminate(signum: int, frame: FrameType | None) -> None:
     # lock: flush from a helper thread and wait a bounded time, so the process still
     # dies promptly even then. A second SIGTERM kills at once (default action restored).
     signal.signal(signum, signal.SIG_DFL)
+    if _exit_flush_running == getpid():
+        # It interrupted the exit flush itself: a pool worker that got its sentinel is
+        # leaving already when terminate() signals it. Let that bounded flush finish.
+        return
     limit = SIGTERM_GRACE_S + sum(
         local.exit_timeout for local in list(_live) if local.peek() is not None
     )

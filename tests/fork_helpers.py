@@ -90,6 +90,13 @@ def track_task(tag: str) -> int:
     return os.getpid()
 
 
+def track_then_hang(tag: str, tracked: Any) -> None:
+    """A process task that is busy (sleeping) with a queued event when terminated."""
+    track_task(tag)
+    tracked.set()
+    time.sleep(30)
+
+
 class ChildExit(SystemExit):
     """A forked child leaving normally; passes through any ``fork()`` frame above it
     (a grandchild unwinds through its parent's ``child`` function too)."""

@@ -1,0 +1,71 @@
+"""multiprocessing workers (fork, forkserver, spawn): every task's event arrives once.
+
+The client is created and used in the parent before the workers start, as an
+application module would do; spawn and forkserver children build theirs by importing
+that module (tests/fork_helpers.py). Workers leave through os._exit, so only the
+multiprocessing finalizer (and, for ``with Pool()``, the SIGTERM flush) sends their
+queued events.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import fork_helpers as h
+import pytest
+from conftest import CollectorProcess
+
+METHODS = ["fork", "forkserver", "spawn"]
+TASKS = 12
+
+
+def run(
+    collector: CollectorProcess, tmp_path: Path, method: str, kind: str, tasks: int = TASKS
+) -> None:
+    log = tmp_path / "outcomes.jsonl"
+    env = h.script_env(collector.url, log)
+    result = h.run_script("pool_scenarios.py", method, kind, str(tasks), env=env)
+    assert not h.errors_in(log), h.errors_in(log)
+    h.assert_delivered_once(collector, result["tags"])
+    assert len(result["tags"]) == tasks + 7
+
+
+@pytest.mark.fork
+@pytest.mark.parametrize("method", METHODS)
+def test_pool_close_join_delivers_every_task_event_once(
+    collector_process: CollectorProcess, tmp_path: Path, method: str
+) -> None:
+    run(collector_process, tmp_path, method, "close_join")
+
+
+@pytest.mark.fork
+@pytest.mark.parametrize("method", METHODS)
+def test_with_pool_terminate_still_delivers_every_task_event(
+    collector_process: CollectorProcess, tmp_path: Path, method: str
+) -> None:
+    # Pool.__exit__ calls terminate(): idle workers holding queued events get SIGTERM.
+    run(collector_process, tmp_path, method, "with_pool")
+
+
+@pytest.mark.fork
+@pytest.mark.parametrize("method", METHODS)
+def test_process_pool_executor_delivers_every_task_event_once(
+    collector_process: CollectorProcess, tmp_path: Path, method: str
+) -> None:
+    run(collector_process, tmp_path, method, "executor")
+
+
+@pytest.mark.fork
+@pytest.mark.parametrize("method", METHODS)
+def test_plain_processes_flush_at_exit(
+    collector_process: CollectorProcess, tmp_path: Path, method: str
+) -> None:
+    run(collector_process, tmp_path, method, "process")
+
+
+@pytest.mark.fork
+@pytest.mark.parametrize("method", METHODS)
+def test_terminated_process_flushes_on_sigterm_then_dies_of_it(
+    collector_process: CollectorProcess, tmp_path: Path, method: str
+) -> None:
+    run(collector_process, tmp_path, method, "terminate", tasks=3)
