@@ -191,3 +191,13 @@ def test_threads_are_read_from_options_on_builds_without_has_threads(
     api = FakeUwsgi(has_threads=None)
     api.opt.update(options)
     assert klime_uwsgi.threads_enabled(api) is enabled
+
+
+@needs_uwsgi
+def test_recycled_workers_lose_nothing(servers: Servers, collector: Collector) -> None:
+    # uWSGI recycles no worker younger than min-worker-lifetime (10 s by default).
+    server = servers.uwsgi("--max-requests", "15", "--min-worker-lifetime", "0", workers=2)
+    load = run_load(server)
+    got = stop_and_count(server, collector, load)
+    assert_exactly_once(load, got)
+    assert len(load.requests_by_pid) >= 4  # at most 15 requests per worker life
