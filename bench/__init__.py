@@ -1,0 +1,1 @@
+"""Benchmarks of klime_mp against the official klime SDK, Segment and PostHog."""

@@ -1,0 +1,145 @@
+"""PNG charts of the results (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench.plan import CONDITIONS
+from bench.sdks import LABELS, SDKS
+from bench.stats import DASH, Summary
+
+Raw = dict[str, Any]
+COLORS = {
+    "klime_mp": "#1b9e77",
+    "klime": "#d95f02",
+    "segment": "#7570b3",
+    "posthog": "#e7298a",
+    "none": "#999999",
+}
+
+
+def _bar(summary: Summary | None) -> tuple[float, float, float]:
+    """Height and the distances down to min and up to max (zeros when missing)."""
+    if not summary or summary.get("median") is None:
+        return 0.0, 0.0, 0.0
+    median = float(summary["median"])
+    return median, median - float(summary["min"]), float(summary["max"]) - median
+
+
+def _subtitle(meta: Raw) -> str:
+    dot = " \u00b7 "
+    return dot.join(
+        [
+            meta["date"][:10],
+            f"{meta['machine']} ({meta['cpus']} CPUs)",
+            f"Python {meta['python']}",
+            f"median of {meta['runs']} run(s), bars min{DASH}max",
+        ]
+    )
+
+
+def latency_chart(lat: Raw, meta: Raw, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    metrics = (("p50_us", "p50"), ("p99_us", "p99"), ("p999_us", "p99.9"), ("max_ms", "max"))
+    fig, axes = plt.subplots(1, len(CONDITIONS), figsize=(15, 4.8), sharey=True)
+    width = 0.8 / len(SDKS)
+    for ax, cond in zip(axes, CONDITIONS):
+        table = lat[cond]["sdks"]
+        for k, sdk in enumerate(SDKS):
+            heights, lows, highs = [], [], []
+            for key, _ in metrics:
+                scale = 1000.0 if key == "max_ms" else 1.0  # plot everything in µs
+                h, lo, hi = _bar(table[sdk][key])
+                heights.append(h * scale)
+                lows.append(lo * scale)
+                highs.append(hi * scale)
+            xs = [i + (k - (len(SDKS) - 1) / 2) * width for i in range(len(metrics))]
+            ax.bar(
+                xs,
+                heights,
+                width,
+                yerr=[lows, highs],
+                capsize=2,
+                label=LABELS[sdk],
+                color=COLORS[sdk],
+            )
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(metrics)))
+        ax.set_xticklabels([label for _, label in metrics])
+        ax.set_title({"up": "collector up", "down": "collector down", "full": "queue full"}[cond])
+        ax.axhline(1000, color="#444", linewidth=0.6, linestyle=":")
+        ax.grid(axis="y", which="major", alpha=0.3)
+    axes[0].set_ylabel("track() latency, µs (log)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(
+        "track() call latency (lower is better; dotted line: 1 ms)\n" + _subtitle(meta), fontsize=10
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def throughput_chart(tp: Raw, meta: Raw, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for i, sdk in enumerate(SDKS):
+        h, lo, hi = _bar(tp["sdks"][sdk]["events_per_s"])
+        ax.bar(i, h, 0.6, yerr=[[lo], [hi]], capsize=3, color=COLORS[sdk])
+        conns = tp["sdks"][sdk]["connections"]["median"]
+        if conns is not None:
+            ax.text(i, h, f"{h:,.0f}/s\n{conns:.0f} conn.", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(SDKS)))
+    ax.set_xticklabels([LABELS[s] for s in SDKS], fontsize=8)
+    ax.set_ylabel("events/s until delivered")
+    ax.set_title("Throughput of a burst (higher is better)\n" + _subtitle(meta), fontsize=9)
+    ax.margins(y=0.2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def gunicorn_chart(gun: Raw, meta: Raw, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    names = [n for n in ("none", *SDKS) if n in gun["sdks"]]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for i, sdk in enumerate(names):
+        entry = gun["sdks"][sdk]
+        for offset, key, alpha in ((-0.2, "p50_ms", 1.0), (0.2, "p99_ms", 0.5)):
+            h, lo, hi = _bar(entry[key])
+            left.bar(
+                i + offset, h, 0.4, yerr=[[lo], [hi]], capsize=2, color=COLORS[sdk], alpha=alpha
+            )
+        h, lo, hi = _bar(entry["rps"])
+        right.bar(i, h, 0.6, yerr=[[lo], [hi]], capsize=3, color=COLORS[sdk])
+    for ax in (left, right):
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels([LABELS[n] for n in names], fontsize=8, rotation=10)
+    left.set_ylabel("request latency, ms (solid p50, light p99)")
+    right.set_ylabel("requests/s")
+    fig.suptitle("Under Gunicorn: one track() per request\n" + _subtitle(meta), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def draw(results: Raw, folder: Path) -> list[str]:
+    """Draw what the results hold; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    meta = results["meta"]
+    written = []
+    for key, draw_one in (
+        ("latency", latency_chart),
+        ("throughput", throughput_chart),
+        ("gunicorn", gunicorn_chart),
+    ):
+        if key in results:
+            path = folder / f"{key}.png"
+            draw_one(results[key], meta, path)
+            written.append(str(path))
+    return written

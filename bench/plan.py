@@ -1,0 +1,65 @@
+"""How much of everything one benchmark run does: the full run and ``--quick``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class Plan:
+    runs: int = 3  # every figure is the median (min-max) of this many runs
+    # 1. call latency
+    latency_calls: int = 100_000
+    latency_budget_s: float = 20.0  # a run is cut here, the call in flight censored
+    latency_stall_s: float = 2.0  # ...and so is a run whose one call blocks this long
+    # 2. throughput
+    throughput_events: int = 50_000
+    throughput_timeout_s: float = 60.0
+    # 3. gunicorn
+    gunicorn_workers: int = 4
+    concurrency: int = 4
+    loadgen: str = "python"
+    requests: int = 3000
+    warmup_requests: int = 400
+    wrk_seconds: float = 3.0
+    # 4. fork
+    parent_events: int = 10
+    child_events: int = 20
+    children: int = 2
+    tasks: int = 4
+    wait_s: float = 2.0  # how long a child waits for its first event to arrive
+    fork_flush_s: float = 0.5  # every SDK's flush interval in the fork runs
+    fork_workers: int = 2
+    preload_requests: int = 20
+    collector_check: bool = True
+    # 5. memory
+    memory_events: int = 50_000
+    # 6. fork-safety cost
+    forkcost_blocks: int = 20
+    forkcost_calls_per_block: int = 10_000
+
+
+FULL = Plan()
+
+QUICK = replace(
+    FULL,
+    runs=1,
+    latency_calls=20_000,
+    latency_budget_s=5.0,
+    latency_stall_s=1.0,
+    throughput_events=10_000,
+    throughput_timeout_s=30.0,
+    requests=600,
+    warmup_requests=100,
+    wrk_seconds=1.0,
+    wait_s=1.0,
+    preload_requests=8,
+    collector_check=False,
+    memory_events=10_000,
+    forkcost_blocks=6,
+    forkcost_calls_per_block=5_000,
+)
+
+PARTS = ("latency", "throughput", "gunicorn", "fork", "memory", "forkcost")
+CONDITIONS = ("up", "down", "full")
+FORK_MODES = ("fork", "pool", "preload")

@@ -1,0 +1,165 @@
+"""``python -m bench``: klime_mp against the official SDK, Segment and PostHog.
+
+Installs nothing: ``pip install -e ".[bench]"`` first. Every SDK posts to the same
+local sink (``bench/sink.py``); results go to ``bench/results/`` (JSON, markdown, PNG)
+and, between markers, into ``docs/performance.md`` (and README.md if it has them).
+
+    python -m bench                 # the full run (under 10 minutes on 2 cores)
+    python -m bench --quick         # a ~1-minute smoke run, results in bench/results/quick/
+    python -m bench --only latency,throughput --runs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from bench import phases, summary
+from bench.control import ROOT, RefusedPort, SinkProcess
+from bench.loadgen import wrk_available
+from bench.plan import FULL, PARTS, QUICK, Plan
+from bench.report import update_between_markers, write
+from bench.sdks import versions
+
+RESULTS = ROOT / "bench" / "results"
+DOCS = (ROOT / "docs" / "performance.md", ROOT / "README.md")
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a ~1-minute smoke run")
+    parser.add_argument("--runs", type=int, help="runs per figure (default 3, quick 1)")
+    parser.add_argument("--only", help=f"comma-separated parts: {','.join(PARTS)}")
+    parser.add_argument(
+        "--loadgen",
+        choices=("python", "wrk"),
+        default="python",
+        help="Gunicorn load generator (wrk needs Debian's wrk package)",
+    )
+    parser.add_argument("--out", type=Path, help="results folder (default bench/results[/quick])")
+    parser.add_argument(
+        "--no-docs", action="store_true", help="do not update docs/performance.md and README.md"
+    )
+    return parser.parse_args(argv)
+
+
+def machine() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> str:
+    try:
+        return "/".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def run_parts(plan: Plan, parts: list[str]) -> dict[str, Any]:
+    raw: dict[str, Any] = {}
+    sink = SinkProcess()
+    down = RefusedPort()
+    try:
+        steps = {
+            "latency": lambda: phases.latency(plan, sink, down, log),
+            "throughput": lambda: phases.throughput(plan, sink, log),
+            "gunicorn": lambda: phases.gunicorn(plan, sink, log),
+            "fork": lambda: phases.fork(plan, sink, log),
+            "memory": lambda: phases.memory(plan, down, log),
+            "forkcost": lambda: phases.forkcost(plan, log),
+        }
+        for part in parts:
+            started = time.monotonic()
+            log(f"== {part}")
+            raw[part] = steps[part]()
+            log(f"   ({time.monotonic() - started:.0f} s)")
+    finally:
+        down.close()
+        sink.stop()
+    return raw
+
+
+def summarize(raw: dict[str, Any], plan: Plan) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    if "latency" in raw:
+        results["latency"] = summary.latency(raw["latency"])
+    if "throughput" in raw:
+        results["throughput"] = summary.throughput(raw["throughput"])
+    if "gunicorn" in raw:
+        results["gunicorn"] = summary.gunicorn(raw["gunicorn"])
+    if "fork" in raw:
+        results["fork"] = summary.fork(raw["fork"])
+    if "memory" in raw:
+        results["memory"] = summary.memory(raw["memory"], plan)
+    if "forkcost" in raw:
+        results["forkcost"] = summary.forkcost(raw["forkcost"])
+    results["targets"] = summary.targets(results)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    plan = QUICK if args.quick else FULL
+    if args.runs:
+        plan = replace(plan, runs=args.runs)
+    if args.loadgen == "wrk" and not wrk_available():
+        log("wrk is not installed (apt-get install wrk); using the Python load generator")
+    plan = replace(plan, loadgen="wrk" if args.loadgen == "wrk" and wrk_available() else "python")
+    parts = args.only.split(",") if args.only else list(PARTS)
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        log(f"unknown parts: {', '.join(sorted(unknown))}; choose from {', '.join(PARTS)}")
+        return 2
+    out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
+    started = time.monotonic()
+    meta: dict[str, Any] = {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "versions": versions(),
+        "runs": plan.runs,
+        "quick": args.quick,
+        "loadgen": "wrk" if plan.loadgen == "wrk" else "Python (bench/loadgen.py)",
+        "parts": parts,
+        "load_before": load_average(),
+        "plan": asdict(plan),
+    }
+    raw = run_parts(plan, parts)
+    results = summarize(raw, plan)
+    meta.update(duration_s=time.monotonic() - started, load_after=load_average())
+    results = {"meta": meta, **results, "raw": raw}
+    out.mkdir(parents=True, exist_ok=True)
+    from bench.charts import draw
+    from bench.report import markdown
+
+    charts = draw(results, out)
+    path = write(results, out, charts)
+    log(f"results: {path} and {out / 'results.json'}; charts: {', '.join(charts)}")
+    if not args.quick and not args.no_docs and out == RESULTS:
+        for document in DOCS:
+            prefix = os.path.relpath(out, document.parent) + "/"
+            if update_between_markers(document, markdown(results, charts, prefix)):
+                log(f"updated {document.relative_to(ROOT)}")
+    log(f"done in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
