@@ -96,7 +96,7 @@ def install(api: UwsgiApi | None = None) -> bool:
 
 
 def threads_enabled(api: UwsgiApi) -> bool:
-    """Whether Python threads run in the workers (uWSGI 2.0.31+ enables them always)."""
+    """Whether Python threads run in the workers (always, in uWSGI 2.0.31)."""
     has_threads = getattr(api, "has_threads", None)
     if has_threads is not None:
         return bool(has_threads)
