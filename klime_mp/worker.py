@@ -74,6 +74,9 @@ class Worker:
         self._wake = threading.Event()
         self._interrupt = threading.Event()
         self._send_lock = threading.Lock()  # one sender at a time
+        # The batch being posted; whoever clears it settles it: the sender, or shutdown
+        # when the deadline passes first (see _give_up_in_flight).
+        self._in_flight: list[bytes] | None = None
         self._thread: threading.Thread | None = None
         self._transport = Transport(options, self._interrupt)
 
@@ -160,6 +163,7 @@ class Worker:
                 self._drain_locked(deadline)
             finally:
                 self._send_lock.release()
+        self._give_up_in_flight()
         self._give_up_on_rest()
         if not (thread and thread.is_alive()):
             self._transport.close()
@@ -220,10 +224,18 @@ class Worker:
                     break
                 budget -= cost
                 batch.append(queue.popleft())
+            if batch:
+                self._in_flight = batch  # with the pop: no moment when nobody owns it
         return batch
 
     def _deliver(self, batch: list[bytes]) -> None:
         delivery = self._post(batch)
+        with self._lock:
+            mine = self._in_flight is batch
+            self._in_flight = None
+        if not mine:
+            return  # shutdown gave it up at its deadline and reported it already
+        self._settle(len(batch), delivery)
         if delivery.response is not None:
             self._call("on_success", delivery.response)
         else:
@@ -242,28 +254,31 @@ class Worker:
             return BatchResponse(status="not_sent", accepted=0, failed=0)
         with self._send_lock:
             delivery = self._post([data])
+            self._settle(1, delivery)
         if delivery.response is None:
             raise SendError(str(delivery.error), decode([data]))
         return delivery.response
 
     def _post(self, batch: list[bytes]) -> Delivery:
-        """Send one batch, count the outcome, log failures. Caller holds _send_lock."""
+        """Send one batch. Caller holds _send_lock."""
         body = b'{"batch":[' + b",".join(batch) + b"]}"
         try:
-            delivery = self._transport.send(body, self._current_deadline)
+            return self._transport.send(body, self._current_deadline)
         except Exception as exc:  # a bug or an exotic failure must not kill the thread
             self._log.exception("Klime: unexpected error while sending a batch")
-            delivery = Delivery(None, exc, 0)
+            return Delivery(None, exc, 0)
+
+    def _settle(self, count: int, delivery: Delivery) -> None:
+        """Count the outcome of a batch of ``count`` events; log a failure."""
         if delivery.response is not None:
-            self._count_delivered(len(batch), delivery.response, delivery.retries)
+            self._count_delivered(count, delivery.response, delivery.retries)
         else:
             assert delivery.error is not None
             reason = getattr(delivery.error, "reason", RETRIES_EXHAUSTED)
-            self._count_failed(len(batch), reason, delivery.retries)
+            self._count_failed(count, reason, delivery.retries)
             self._log.error(
-                "Klime: %d events not delivered (%s): %s", len(batch), reason, delivery.error
+                "Klime: %d events not delivered (%s): %s", count, reason, delivery.error
             )
-        return delivery
 
     def _current_deadline(self) -> float | None:
         return self._deadline
@@ -286,19 +301,35 @@ class Worker:
             self._counts["retries"] += retries
         self.count_drop(reason, count, warn=False)  # the caller logs each failed batch
 
+    def _give_up_in_flight(self) -> None:
+        """After the shutdown deadline: report the batch the sender is still posting.
+
+        An HTTP attempt that began before shutdown() has the client's full ``timeout``,
+        not the deadline, and cannot be cut short; the process may exit right after
+        shutdown() returns and take the sender with it, so the batch is reported here
+        and the sender drops its late outcome. The server may still have stored it."""
+        with self._lock:
+            batch, self._in_flight = self._in_flight, None
+        if batch:
+            self._report_given_up(
+                batch, f"{len(batch)} events in flight at the shutdown deadline (may have arrived)"
+            )
+
     def _give_up_on_rest(self) -> None:
         """After the shutdown deadline: report what is still queued, with its count."""
         with self._lock:
             rest = list(self._queue)
             self._queue.clear()
         if rest:
-            message = f"{len(rest)} events not sent before the shutdown deadline"
-            self._count_failed(len(rest), SHUTDOWN_TIMEOUT, 0)
-            self._log.error("Klime: %s", message)
-            self._call("on_error", DeliveryError(message, SHUTDOWN_TIMEOUT), decode(rest))
-            with self._progress:
-                self._finished += len(rest)
-                self._progress.notify_all()
+            self._report_given_up(rest, f"{len(rest)} events not sent before the shutdown deadline")
+
+    def _report_given_up(self, batch: list[bytes], message: str) -> None:
+        self._count_failed(len(batch), SHUTDOWN_TIMEOUT, 0)
+        self._log.error("Klime: %s", message)
+        self._call("on_error", DeliveryError(message, SHUTDOWN_TIMEOUT), decode(batch))
+        with self._progress:
+            self._finished += len(batch)
+            self._progress.notify_all()
 
     def _wait_finished(self, target: int, deadline: float | None) -> bool:
         with self._progress:
