@@ -57,6 +57,7 @@ _live: weakref.WeakSet[ProcessLocal[Any]] = weakref.WeakSet()
 _owned: set[ProcessLocal[Any]] = set()
 _locks_by_pid: dict[int, threading.Lock] = {}
 _exit_hook_pids: set[int] = set()  # processes whose multiprocessing exit hooks are set
+_multiprocessing_child = 0  # this PID, once multiprocessing (or billiard) started it
 
 # The PID whose exit flush has begun; 0 until then. Read by callers after queueing:
 # see ``ProcessLocal.exit_if_late``.
@@ -210,7 +211,8 @@ def _install_exit_hooks(pid: int) -> None:
 
     It is registered in the child itself, after multiprocessing has cleared the
     finalizers it inherited from its parent."""
-    if pid in _exit_hook_pids or multiprocessing.parent_process() is None:
+    in_child = pid == _multiprocessing_child or multiprocessing.parent_process() is not None
+    if pid in _exit_hook_pids or not in_child:
         return
     _exit_hook_pids.add(pid)
     multiprocessing.util.Finalize(None, _flush_at_exit, exitpriority=100)
@@ -219,10 +221,12 @@ def _install_exit_hooks(pid: int) -> None:
 
 def _multiprocessing_child_started(_anchor: object) -> None:
     # multiprocessing runs this in each child it starts (fork, forkserver, spawn), just
-    # after clearing the finalizers inherited from the parent. A spawn child may have
-    # built a value already, while importing the parent's modules, when it did not yet
-    # count as a multiprocessing child: register its hooks now.
-    pid = getpid()
+    # after clearing the finalizers inherited from the parent; so does billiard
+    # (Celery's prefork pool), which shares multiprocessing.util's registries but not
+    # its parent_process(). A spawn child may have built a value already, while
+    # importing the parent's modules, before it counted as a child: hook it now.
+    global _multiprocessing_child
+    pid = _multiprocessing_child = getpid()
     _exit_hook_pids.discard(pid)
     if any(local.peek() is not None for local in list(_live)):
         _install_exit_hooks(pid)

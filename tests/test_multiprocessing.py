@@ -69,3 +69,14 @@ def test_terminated_process_flushes_on_sigterm_then_dies_of_it(
     collector_process: CollectorProcess, tmp_path: Path, method: str
 ) -> None:
     run(collector_process, tmp_path, method, "terminate", tasks=3)
+
+
+@pytest.mark.fork
+def test_billiard_processes_flush_at_exit(
+    collector_process: CollectorProcess, tmp_path: Path
+) -> None:
+    # billiard (Celery) children run multiprocessing.util's finalizers, but
+    # multiprocessing.parent_process() is None in them. (Its pool workers leave through
+    # os._exit before any finalizer: see docs/fork-safety.md, Celery.)
+    pytest.importorskip("billiard")
+    run(collector_process, tmp_path, "fork", "billiard", tasks=4)
