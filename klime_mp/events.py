@@ -215,7 +215,10 @@ def _optional_id(name: str, value: Id | None) -> str | None:
             raise ValueError(f"{name} must be a non-empty string")
         return value
     if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
+        try:
+            return str(value)
+        except ValueError:  # Python 3.11+ refuses ints of more than 4300 digits
+            raise ValueError(f"{name} is an int too large to send as text") from None
     raise TypeError(f"{name} must be a string or int, got {type(value).__name__}")
 
 
@@ -231,7 +234,12 @@ def _mapping(name: str, value: Mapping[str, Any] | None) -> Any:
 
 
 def _diagnose(body: dict[str, Any], exc: BaseException) -> Exception:
-    """Walk the event to name the key path that json could not encode."""
+    """Walk the event to name the argument or key path that json could not encode."""
+    for field, argument in (("event", "event"), ("userId", "user_id"), ("groupId", "group_id")):
+        value = body.get(field)
+        problem = _check_text(value, argument) if isinstance(value, str) else None
+        if problem is not None:
+            return problem
     for field in ("properties", "traits"):
         if field in body:
             problem = _find_problem(body[field], field, 0, set())
