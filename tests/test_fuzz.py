@@ -398,7 +398,12 @@ def _valid_event(message_id: uuid.UUID, kind: str, properties: Any) -> dict[str,
 
 # Well-formed requests with odd but legal content: the accepted path gets exercise too.
 VALID_BATCH_BODIES = st.lists(
-    st.builds(_valid_event, st.uuids(), st.sampled_from(["track", "identify", "group"]), JSON_DOCS),
+    st.builds(
+        _valid_event,
+        st.uuids(),
+        st.sampled_from(["track", "identify", "group"]),
+        st.dictionaries(st.text(max_size=8), JSON_DOCS, max_size=4),
+    ),
     min_size=1,
     max_size=5,
 ).map(lambda events: json.dumps({"batch": events}).encode())
