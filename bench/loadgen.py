@@ -1,13 +1,18 @@
 """A bounded, closed-loop HTTP load generator for loopback (or Debian's wrk).
 
-Python (the default, needs nothing installed): ``concurrency`` processes, each with
-one request in flight at a time, send ``requests`` GETs in total and time each from
-connect to the last byte of the response. Processes rather than threads, so the
-generator's own GIL does not add to the latencies it reports. Gunicorn's sync worker
-closes the connection after each response, so each request opens a new connection,
-as a browser behind no proxy would.
+Python (the default, needs nothing installed): ``concurrency`` processes, each with one
+request in flight at a time, send a fixed number of GETs and time each from connect to
+the last byte of the response. Processes rather than threads, so the generator's own
+GIL does not add to the latencies it reports. Gunicorn's sync worker closes the
+connection after each response, so each request opens a new connection.
 
-wrk (``--loadgen wrk``): ``wrk -t2 -cCONCURRENCY -dSECONDS --latency``; it is bounded in
+Several apps are measured *interleaved*: the requests for each are cut into slices,
+and all processes move from one app's slice to the next together (a barrier), so a
+burst of noise from elsewhere on a shared machine lands on every app alike instead of
+on whichever one happened to be running. An app's requests/s is its requests over the
+summed wall time of its slices.
+
+wrk (``--loadgen wrk``): ``wrk -t2 -cCONCURRENCY -dSECONDS --latency`` per app; bounded in
 time, not in count, and reports its own percentiles.
 """
 
@@ -23,6 +28,7 @@ import sys
 import time
 from array import array
 from dataclasses import asdict, dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from bench.stats import percentile
@@ -41,67 +47,92 @@ class Load:
         return self.requests / self.seconds if self.seconds else 0.0
 
 
-def _worker(url: str, count: int, start_at: float, results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
-    parts = urlsplit(url)
-    host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/"
-    samples = array("q")
-    errors = 0
-    while time.monotonic() < start_at:  # all workers start together
-        time.sleep(0.001)
-    began = time.monotonic_ns()
-    for _ in range(count):
-        start = time.perf_counter_ns()
-        try:
-            conn = http.client.HTTPConnection(host, port, timeout=30)
-            conn.request("GET", path)
-            reply = conn.getresponse()
-            reply.read()
-            conn.close()
-            if reply.status != 200:
-                errors += 1
-        except OSError:
-            errors += 1
-        samples.append(time.perf_counter_ns() - start)
-    results.put((began, time.monotonic_ns(), samples.tobytes(), errors))
+def _get(host: str, port: int, path: str) -> bool:
+    try:
+        conn = http.client.HTTPConnection(host, port, timeout=30)
+        conn.request("GET", path)
+        reply = conn.getresponse()
+        reply.read()
+        conn.close()
+    except OSError:
+        return False
+    return reply.status == 200
 
 
-def _generate(url: str, requests: int, concurrency: int) -> Load:
+def _sender(
+    index: int,
+    urls: list[str],
+    per_slice: list[int],
+    slices: int,
+    barrier: Any,
+    results: Any,
+) -> None:
+    """One process: for each slice, for each app (order rotating), its share."""
+    targets = [urlsplit(url) for url in urls]
+    samples = [array("q") for _ in urls]
+    errors = [0] * len(urls)
+    walls = [0] * len(urls)
+    for slice_no in range(slices):
+        for step in range(len(urls)):
+            app = (step + slice_no) % len(urls)
+            target = targets[app]
+            host, port = target.hostname or "127.0.0.1", target.port or 80
+            barrier.wait()
+            began = time.monotonic_ns()
+            for _ in range(per_slice[app]):
+                start = time.perf_counter_ns()
+                if not _get(host, port, target.path or "/"):
+                    errors[app] += 1
+                samples[app].append(time.perf_counter_ns() - start)
+            barrier.wait()  # the slice ends when the slowest process is done
+            if index == 0:
+                walls[app] += time.monotonic_ns() - began
+    results.put((index, [s.tobytes() for s in samples], errors, walls))
+
+
+def _generate(urls: list[str], requests: int, concurrency: int, slices: int) -> list[Load]:
     """In the ``python -m bench.loadgen`` process: fork the senders, gather results."""
     ctx = multiprocessing.get_context("fork")  # a fresh process without threads: safe
-    results: multiprocessing.Queue = ctx.Queue()  # type: ignore[type-arg]
-    start_at = time.monotonic() + 0.2
-    share, extra = divmod(requests, concurrency)
+    results = ctx.Queue()
+    barrier = ctx.Barrier(concurrency)
+    per_slice = [max(requests // (slices * concurrency), 1)] * len(urls)
     procs = [
-        ctx.Process(target=_worker, args=(url, share + (k < extra), start_at, results))
+        ctx.Process(target=_sender, args=(k, urls, per_slice, slices, barrier, results))
         for k in range(concurrency)
     ]
     for proc in procs:
         proc.start()
-    outcomes = [results.get(timeout=600) for _ in procs]
+    outcomes = [results.get(timeout=900) for _ in procs]
     for proc in procs:
         proc.join()
-    samples = array("q")
-    for _, _, raw, _ in outcomes:
-        samples.frombytes(raw)
-    ordered = sorted(samples)
-    began = min(outcome[0] for outcome in outcomes)
-    ended = max(outcome[1] for outcome in outcomes)
-    return Load(
-        requests=len(ordered),
-        errors=sum(outcome[3] for outcome in outcomes),
-        seconds=(ended - began) / 1e9,
-        p50_ms=percentile(ordered, 0.5) / 1e6,
-        p99_ms=percentile(ordered, 0.99) / 1e6,
-    )
+    walls = next(outcome[3] for outcome in outcomes if outcome[0] == 0)
+    loads = []
+    for app in range(len(urls)):
+        merged = array("q")
+        for outcome in outcomes:
+            merged.frombytes(outcome[1][app])
+        ordered = sorted(merged)
+        loads.append(
+            Load(
+                requests=len(ordered),
+                errors=sum(outcome[2][app] for outcome in outcomes),
+                seconds=walls[app] / 1e9,
+                p50_ms=percentile(ordered, 0.5) / 1e6,
+                p99_ms=percentile(ordered, 0.99) / 1e6,
+            )
+        )
+    return loads
 
 
-def run_python(url: str, requests: int, concurrency: int) -> Load:
-    """Run the generator in its own process (it forks its senders from there)."""
-    command = [sys.executable, "-m", "bench.loadgen", url, str(requests), str(concurrency)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+def run_python(urls: list[str], requests: int, concurrency: int, slices: int) -> list[Load]:
+    """About ``requests`` requests to each of ``urls``, interleaved in ``slices``; the
+    generator runs in its own process and forks its senders from there."""
+    config = json.dumps([urls, requests, concurrency, slices])
+    command = [sys.executable, "-m", "bench.loadgen", config]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"load generator failed:\n{done.stderr[-2000:]}")
-    return Load(**json.loads(done.stdout.strip().splitlines()[-1]))
+    return [Load(**load) for load in json.loads(done.stdout.strip().splitlines()[-1])]
 
 
 def wrk_available() -> bool:
@@ -140,5 +171,5 @@ def _wrk_percentile(output: str, label: str) -> float:
 
 
 if __name__ == "__main__":
-    load = _generate(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
-    print(json.dumps(asdict(load)))
+    loads = _generate(*json.loads(sys.argv[1]))
+    print(json.dumps([asdict(load) for load in loads]))

@@ -121,12 +121,14 @@ def gunicorn(plan: Plan, sink: SinkProcess, log: Log) -> Raw:
     names = ("none", *SDKS)
     raw: Raw = {sdk: [] for sdk in names}
     for run in range(plan.runs):
-        for sdk in rotated(names, run):
-            try:
-                result: Raw | None = serve_load(sdk, sink.url, plan)
-            except (RuntimeError, OSError) as exc:
-                log(f"  ! gunicorn {sdk}: {exc}")
-                result = None
+        order = rotated(names, run)
+        try:
+            results: dict[str, Raw] = serve_load(order, sink.url, plan)
+        except (RuntimeError, OSError) as exc:
+            log(f"  ! gunicorn: {exc}")
+            results = {}
+        for sdk in names:
+            result = results.get(sdk)
             raw[sdk].append(result)
             if result:
                 log(

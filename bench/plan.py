@@ -19,7 +19,8 @@ class Plan:
     gunicorn_workers: int = 4
     concurrency: int = 4
     loadgen: str = "python"
-    requests: int = 3000
+    requests: int = 3000  # per app, cut into ``slices`` interleaved slices
+    slices: int = 10
     warmup_requests: int = 400
     wrk_seconds: float = 3.0
     # 4. fork
@@ -50,6 +51,7 @@ QUICK = replace(
     throughput_events=10_000,
     throughput_timeout_s=30.0,
     requests=600,
+    slices=3,
     warmup_requests=100,
     wrk_seconds=1.0,
     wait_s=1.0,

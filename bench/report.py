@@ -41,7 +41,7 @@ def _meta(meta: Raw) -> list[str]:
     versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
     return [
         f"Run on {meta['date']} on {meta['machine']} ({meta['cpus']} CPUs), "
-        f"Python {meta['python']}; {versions}.",
+        f"Python {meta['python']}; {versions}; klime_mp at {meta.get('revision', 'unknown')}.",
         f"{meta['runs']} run(s) per figure{' (--quick)' if meta['quick'] else ''}: each "
         f"figure is the median over runs, with (min{DASH}max) when runs differ; load "
         f"average {meta['load_before']} before, {meta['load_after']} after; the whole "

@@ -15,6 +15,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import subprocess
 import sys
 import time
 from dataclasses import asdict, replace
@@ -62,6 +63,23 @@ def machine() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def revision() -> str:
+    """The commit measured, and whether klime_mp had uncommitted changes."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "klime_mp"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return f"{commit}{' + uncommitted changes in klime_mp/' if dirty else ''}" or "unknown"
 
 
 def load_average() -> str:
@@ -133,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
+        "revision": revision(),
         "versions": versions(),
         "runs": plan.runs,
         "quick": args.quick,

@@ -117,16 +117,32 @@ def _wait_for_markers(control: str, markers: list[str], timeout: float) -> None:
         time.sleep(0.02)
 
 
-def serve_load(sdk: str, sink_url: str, plan: Any) -> dict[str, Any]:
-    """Part 3: one gunicorn with ``plan.gunicorn_workers`` workers under one load."""
-    with Gunicorn(sdk, sink_url, plan.gunicorn_workers) as server:
-        target = f"{server.url}/"
+def serve_load(names: list[str], sink_url: str, plan: Any) -> dict[str, dict[str, Any]]:
+    """Part 3: one gunicorn per SDK (and one without), all running, loaded in turn.
+
+    Only one app is under load at any moment; the others sit idle (their SDK threads
+    asleep). With the Python generator the apps take turns in short slices (see
+    ``bench.loadgen``); wrk measures them one after the other."""
+    servers: list[Gunicorn] = []
+    try:
+        servers.extend(Gunicorn(name, sink_url, plan.gunicorn_workers) for name in names)
+        for server in servers:
+            server.wait_ready()
+        targets = [f"{server.url}/" for server in servers]
         if plan.loadgen == "wrk":
-            run_wrk(target, 1, plan.concurrency)  # warm-up
-            load: Load = run_wrk(target, plan.wrk_seconds, plan.concurrency)
+            for target in targets:
+                run_wrk(target, 1, plan.concurrency)  # warm-up
+            loads = [run_wrk(target, plan.wrk_seconds, plan.concurrency) for target in targets]
         else:
-            run_python(target, plan.warmup_requests, plan.concurrency)
-            load = run_python(target, plan.requests, plan.concurrency)
+            run_python(targets, plan.warmup_requests, plan.concurrency, 1)
+            loads = run_python(targets, plan.requests, plan.concurrency, plan.slices)
+    finally:
+        for server in servers:
+            server.stop()
+    return {name: _load_result(load) for name, load in zip(names, loads)}
+
+
+def _load_result(load: Load) -> dict[str, Any]:
     return {
         "rps": load.rps,
         "p50_ms": load.p50_ms,
