@@ -56,6 +56,7 @@ def latency_chart(lat: Raw, meta: Raw, path: Path) -> None:
                 lows.append(lo * scale)
                 highs.append(hi * scale)
             xs = [i + (k - (len(SDKS) - 1) / 2) * width for i in range(len(metrics))]
+            cut = table[sdk]["cut"]  # censored: the true values are at least this high
             ax.bar(
                 xs,
                 heights,
@@ -64,6 +65,8 @@ def latency_chart(lat: Raw, meta: Raw, path: Path) -> None:
                 capsize=2,
                 label=LABELS[sdk],
                 color=COLORS[sdk],
+                hatch="//" if cut else None,
+                edgecolor="white" if cut else None,
             )
         ax.set_yscale("log")
         ax.set_xticks(range(len(metrics)))
@@ -74,7 +77,9 @@ def latency_chart(lat: Raw, meta: Raw, path: Path) -> None:
     axes[0].set_ylabel("track() latency, µs (log)")
     axes[0].legend(fontsize=8)
     fig.suptitle(
-        "track() call latency (lower is better; dotted line: 1 ms)\n" + _subtitle(meta), fontsize=10
+        "track() call latency (lower is better; dotted line: 1 ms; hatched: run cut, "
+        "the true value is at least this)\n" + _subtitle(meta),
+        fontsize=10,
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -90,7 +95,9 @@ def throughput_chart(tp: Raw, meta: Raw, path: Path) -> None:
         ax.bar(i, h, 0.6, yerr=[[lo], [hi]], capsize=3, color=COLORS[sdk])
         conns = tp["sdks"][sdk]["connections"]["median"]
         if conns is not None:
-            ax.text(i, h, f"{h:,.0f}/s\n{conns:.0f} conn.", ha="center", va="bottom", fontsize=8)
+            ax.text(
+                i, h + hi, f"{h:,.0f}/s\n{conns:.0f} conn.", ha="center", va="bottom", fontsize=8
+            )
     ax.set_xticks(range(len(SDKS)))
     ax.set_xticklabels([LABELS[s] for s in SDKS], fontsize=8)
     ax.set_ylabel("events/s until delivered")
