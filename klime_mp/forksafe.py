@@ -117,7 +117,7 @@ class ProcessLocal(Generic[T]):
         after it (from an ``atexit`` handler registered before klime_mp was imported:
         ``atexit`` runs handlers last-registered first) would queue events that no one
         sends. Running ``on_exit`` here sends them from the calling thread when no
-        thread can start (Python 3.12+ at shutdown), bounded like any exit flush."""
+        thread can start (Python 3.12 at shutdown), bounded like any exit flush."""
         if exit_flushed_pid == getpid():
             self._exit()
 

@@ -60,7 +60,7 @@ def test_exit_with_the_server_down_is_bounded_by_shutdown_timeout(tmp_path: Path
     dead = f"http://127.0.0.1:{h.free_port()}"
     result = run(dead, tmp_path, "bounded")
     exit_took = time.time() - result["exiting_at"]
-    assert exit_took < 1.0 + 2.0, f"exit took {exit_took:.1f}s with shutdown_timeout=1"
+    assert exit_took < 1.0 + 4.0, f"exit took {exit_took:.1f}s with shutdown_timeout=1"
     errors = h.errors_in(tmp_path / "outcomes.jsonl")
     assert sum(error["count"] for error in errors) == 5, errors  # reported, with the count
 
