@@ -21,10 +21,12 @@ from klime_mp.collector import Collector, FaultPlan
 from tests.reliability.support import (
     CHAOS_CLIENT,
     CHAOS_PLAN,
+    GUNICORN_CHAOS_TIMEOUTS,
     LONG,
     Script,
     assert_duplicates_explained,
     fault_figures,
+    reported_lost,
     script_env,
     write_report,
 )
@@ -86,9 +88,13 @@ def test_pool_under_faults_stores_every_tracked_event_exactly_once(tmp_path: Pat
 
     assert len(workers) == done["worker_pids"] >= 5  # recycled under faults
     assert all(count == 1 for count in keys.values()), "an event was stored twice"
-    assert len(keys) == stats.stored == tracked
-    assert lost == 0 and not dropped
-    assert sum(w["sent"] for w in workers) == tracked
+    assert len(keys) == stats.stored
+    # Nothing is lost silently: a worker recycled while the faults lasted may give up a
+    # batch at its exit deadline (see CHAOS_CLIENT), and then reports it.
+    assert tracked - len(keys) <= lost == sum(dropped.values())
+    if not LONG:
+        assert lost == 0 and stats.stored == tracked
+    assert sum(w["sent"] for w in workers) + lost == tracked
     assert_duplicates_explained(stats)
     assert {"error", "drop", "drop_after_store"} <= set(stats.faults_injected)
 
@@ -112,6 +118,7 @@ def test_gunicorn_recycling_and_reloading_under_faults_stores_every_event_exactl
                 "--preload",
                 "--max-requests", "60",
                 "--max-requests-jitter", "20",
+                *GUNICORN_CHAOS_TIMEOUTS,
                 workers=4,
                 app="tests.reliability.chaos_app:app",
             )  # fmt: skip
@@ -136,15 +143,19 @@ def test_gunicorn_recycling_and_reloading_under_faults_stores_every_event_exactl
         "events_tracked": load.events_expected,
         "events_stored": got.stored,
         "events_lost": load.events_expected - got.stored,
-        "client_errors_logged": log.count("not delivered"),
+        "events_reported_lost": reported_lost(log),
         **fault_figures(stats),
     }
     write_report("chaos_gunicorn", figures)
 
     assert load.failed == 0, load.errors[:5]
-    assert got.stored == load.events_expected  # nothing lost, nothing extra
-    assert got.track_by_pid == load.requests_by_pid  # each request's event, once
+    assert got.stored <= load.events_expected  # nothing extra
+    # Nothing lost silently (see the pool test); in the short run nothing lost at all.
+    assert load.events_expected - got.stored <= reported_lost(log)
+    if not LONG:
+        assert got.stored == load.events_expected
+        assert got.track_by_pid == load.requests_by_pid  # each request's event, once
+        assert "Klime:" not in log  # no loss, no drop, no warning of any kind
     assert booted >= 4 + 2 * len(hup) + 4, "expected recycling and reloads"
-    assert "not delivered" not in log and "dropping events" not in log
     assert_duplicates_explained(stats)
     assert {"error", "drop", "drop_after_store"} <= set(stats.faults_injected)
