@@ -28,7 +28,7 @@ class Plan:
     child_events: int = 20
     children: int = 2
     tasks: int = 4
-    wait_s: float = 2.0  # how long a child waits for its first event to arrive
+    wait_s: float = 1.0  # how long a child waits for its first event (2 flush intervals)
     fork_flush_s: float = 0.5  # every SDK's flush interval in the fork runs
     fork_workers: int = 2
     preload_requests: int = 20
@@ -54,7 +54,6 @@ QUICK = replace(
     slices=3,
     warmup_requests=100,
     wrk_seconds=1.0,
-    wait_s=1.0,
     preload_requests=8,
     collector_check=False,
     memory_events=10_000,

@@ -57,7 +57,13 @@ def _targets(rows: list[Raw]) -> list[str]:
 
 
 def _latency(lat: Raw, calls: int) -> list[str]:
-    lines = [f"### 1. track() latency ({calls:,} calls per SDK, in {chr(181)}s unless noted)", ""]
+    lines = [
+        f"### 1. track() latency ({calls:,} calls per SDK, in {chr(181)}s unless noted)",
+        "",
+        "OS preemptions: involuntary context switches of the process during the run; a "
+        "tail with many of them says more about the machine than about the SDK.",
+        "",
+    ]
     titles = {
         "up": "collector up",
         "down": "collector down (connection refused)",
@@ -80,10 +86,13 @@ def _latency(lat: Raw, calls: int) -> list[str]:
                     fmt(entry["p999_us"], 1),
                     fmt(entry["max_ms"], 2, " ms"),
                     fmt(entry["n"], 0) + cut,
+                    fmt(entry.get("preemptions"), 0),
                 ]
             )
         lines += [f"**{titles[cond]}**", ""]
-        lines += _table(["SDK", "p50", "p99", "p99.9", "max", "calls timed"], rows)
+        lines += _table(
+            ["SDK", "p50", "p99", "p99.9", "max", "calls timed", "OS preemptions"], rows
+        )
         ratios = lat[cond]["ratios"]
         lines += [
             f"klime_mp vs the best peer (per run): p50 {fmt(ratios['p50'], 1, TIMES)} lower, "

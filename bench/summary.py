@@ -64,6 +64,7 @@ def latency(raw: Raw) -> Raw:
                 "p999_us": _over_runs(runs, _field("p999_ns", 1e-3)),
                 "max_ms": _over_runs(runs, _field("max_ns", 1e-6)),
                 "n": _over_runs(runs, _field("n")),
+                "preemptions": _over_runs(runs, _field("preemptions")),
                 "cut": any(r and r.get("budget_exhausted") for r in runs),
             }
             for sdk, runs in raw[cond].items()
@@ -223,7 +224,7 @@ def targets(results: Raw) -> list[Raw]:
         worst = lat["down"]["sdks"]["klime_mp"]["max_ms"]
         met = None if worst["max"] is None else worst["max"] < 1.0
         rows.append(
-            _target("klime_mp track() max, collector down (worst run)", worst, "< 1 ms", met, "ms")
+            _target("klime_mp track() max, collector down (worst run)", worst, "< 1 ms", met, " ms")
         )
     tp = results.get("throughput")
     if tp:

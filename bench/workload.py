@@ -10,6 +10,7 @@ minutes with the collector down).
 
 from __future__ import annotations
 
+import bisect
 import gc
 import json
 import os
@@ -69,7 +70,9 @@ class Recorder:
     def result(self, censored_ns: int | None = None) -> Result:
         ordered = sorted(self.samples[: self.done])
         if censored_ns is not None:
-            ordered.append(censored_ns)  # the call that was still running: its floor
+            # The call still running when the run was cut: ranked at what it had taken
+            # so far, a lower bound of its latency.
+            bisect.insort(ordered, censored_ns)
         points = {str(q): percentile(ordered, q) for q in LATENCY_LEVELS}
         return {
             "n": len(ordered),
