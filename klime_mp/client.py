@@ -131,7 +131,9 @@ class KlimeClient:
 
         Idempotent. Returns False when some events could not be sent in time; they are
         reported to ``on_error`` and the log with their count."""
-        return self._worker.get().shutdown(self._options.shutdown_timeout)
+        delivered = self._worker.get().shutdown(self._options.shutdown_timeout)
+        self._worker.release()
+        return delivered
 
     def queue_size(self) -> int:
         """Events waiting in this process's queue."""

@@ -110,6 +110,12 @@ class ProcessLocal(Generic[T]):
         state = self._state
         return state[1] if state[0] == getpid() else None
 
+    def release(self) -> None:
+        """Stop keeping this alive for the exit flush: its value has nothing left to
+        flush (it was shut down). Without this, a program that creates and shuts down
+        clients over and over would keep every one of them until exit."""
+        _owned.discard(self)
+
     def exit_if_late(self) -> None:
         """Run the exit hook now if this process's exit flush has already run.
 

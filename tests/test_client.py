@@ -253,3 +253,16 @@ def test_faulty_collector_is_survived(collector: Collector) -> None:
     assert client.flush(30)
     assert collector.stats().stored == 100
     assert client.stats().retries > 0
+
+
+def test_a_client_that_was_shut_down_releases_its_worker(collector: Collector) -> None:
+    import gc
+    import weakref
+
+    client = KlimeClient("key", endpoint=collector.url)
+    client.track("A", user_id="u")
+    assert client.shutdown()
+    worker = weakref.ref(client._worker)  # what the exit-flush registry would keep alive
+    del client
+    gc.collect()
+    assert worker() is None
