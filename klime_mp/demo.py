@@ -134,6 +134,7 @@ class ServerProcess:
         self.fifo = fifo
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
+        self._stop_requested = False
 
     @property
     def url(self) -> str:
@@ -147,6 +148,7 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         for _ in range(START_ATTEMPTS):
             self.port = free_port()
+            self._stop_requested = False
             with self.log_path.open("ab") as log:
                 self._proc = subprocess.Popen(
                     self._argv_for(self.port),
@@ -181,14 +183,27 @@ class ServerProcess:
         """Send ``signum`` to the master only, as an operator would."""
         os.kill(self.pid, signum)
 
+    def request_stop(self) -> None:
+        """Ask for a graceful stop, once (uWSGI can hang on a second ``q``); no wait."""
+        if self._stop_requested or not self.running():
+            return
+        self._stop_requested = True
+        if self.fifo is None:
+            self.signal(signal.SIGTERM)
+            return
+        try:  # non-blocking: opening a FIFO nobody reads would block forever
+            fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # ENXIO: the master has closed it, so it is already stopping
+            return
+        try:
+            os.write(fd, b"q")
+        finally:
+            os.close(fd)
+
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> int:
         """Stop gracefully and wait; the master's exit status (workers flush first)."""
         assert self._proc is not None, "not started"
-        if self.running():
-            if self.fifo is not None:
-                self.fifo.write_bytes(b"q")
-            else:
-                self.signal(signal.SIGTERM)
+        self.request_stop()
         try:
             return self._proc.wait(timeout)
         finally:

@@ -7,12 +7,15 @@ every server's process group at teardown. The servers are the demo's
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
+
+import pytest
 
 from klime_mp.collector import Collector
 from klime_mp.demo import (
@@ -106,7 +109,10 @@ def wait_for_log(server: ServerProcess, text: str, count: int, timeout: float = 
 
 
 def stop_and_count(server: ServerProcess, collector: Collector, load: LoadResult) -> Tally:
-    status = server.stop()
+    try:
+        status = server.stop()
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the server did not stop in time; its log ends with:\n{server.log_tail(60)}")
     assert status == 0, f"server exited with {status}:\n{server.log_tail()}"
     return tally(collector, load.events_expected)
 

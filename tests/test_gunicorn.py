@@ -97,7 +97,7 @@ def test_sigterm_mid_load_delivers_every_answered_request(
     servers: Servers, collector: Collector
 ) -> None:
     server = servers.gunicorn("--preload", workers=4)
-    load = run_load(server, total=100, at={50: lambda: server.signal(signal.SIGTERM)})
+    load = run_load(server, total=100, at={50: server.request_stop})  # SIGTERM
     got = stop_and_count(server, collector, load)
     assert_exactly_once(load, got, allow_refused=True)
     assert load.ok >= 50

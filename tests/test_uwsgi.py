@@ -77,9 +77,7 @@ def test_graceful_stop_mid_load_delivers_every_answered_request(
     servers: Servers, collector: Collector
 ) -> None:
     server = servers.uwsgi(workers=4)
-    fifo = server.fifo
-    assert fifo is not None
-    load = run_load(server, total=100, at={50: lambda: fifo.write_bytes(b"q")})
+    load = run_load(server, total=100, at={50: server.request_stop})  # the master FIFO's q
     got = stop_and_count(server, collector, load)
     assert_exactly_once(load, got, allow_refused=True)
     assert load.ok >= 50
