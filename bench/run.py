@@ -4,6 +4,8 @@ Installs nothing: ``pip install -e ".[bench]"`` first. Every SDK posts to the sa
 local sink (``bench/sink.py``); results go to ``bench/results/`` (JSON, markdown, PNG)
 and, between markers, into ``docs/performance.md`` (and README.md if it has them).
 
+Run it from the repository root (``bench`` is not an installed package):
+
     python -m bench                 # the full run (under 10 minutes on 2 cores)
     python -m bench --quick         # a ~1-minute smoke run, results in bench/results/quick/
     python -m bench --only latency,throughput --runs 5
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.util
 import os
 import platform
 import subprocess
@@ -131,8 +134,28 @@ def summarize(raw: dict[str, Any], plan: Plan) -> dict[str, Any]:
     return results
 
 
+REQUIRED = ("klime_mp", "klime", "segment.analytics", "posthog", "gunicorn", "matplotlib")
+
+
+def missing_modules() -> list[str]:
+    """What the bench extra should have installed but did not (this installs nothing)."""
+    missing = []
+    for name in REQUIRED:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ModuleNotFoundError:  # a parent package is missing
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    missing = missing_modules()
+    if missing:
+        log(f"missing: {', '.join(missing)}; install the bench extra: pip install -e '.[bench]'")
+        return 2
     plan = QUICK if args.quick else FULL
     if args.runs:
         plan = replace(plan, runs=args.runs)
