@@ -13,8 +13,10 @@ from bench.stats import DASH, TIMES, Summary
 
 Raw = dict[str, Any]
 
-START = "<!-- bench-results:start -->"
+START = "<!-- bench-results:start -->"  # the full tables (docs/performance.md)
 END = "<!-- bench-results:end -->"
+SUMMARY_START = "<!-- bench-summary:start -->"  # run, targets, one chart (README.md)
+SUMMARY_END = "<!-- bench-summary:end -->"
 
 
 def fmt(summary: Summary | None, digits: int = 1, unit: str = "") -> str:
@@ -264,6 +266,16 @@ def markdown(results: Raw, charts: list[str], chart_prefix: str) -> str:
     return "\n".join(lines)
 
 
+def summary_markdown(results: Raw, charts: list[str], chart_prefix: str) -> str:
+    """The short form for the README: the run, the targets, the latency chart."""
+    lines = _meta(results["meta"])
+    if results.get("targets"):
+        lines += _targets(results["targets"])
+    lines += [f"![{Path(c).stem}]({chart_prefix}{Path(c).name})" for c in charts[:1]]
+    lines += ["", "Method and every table: [docs/performance.md](docs/performance.md).", ""]
+    return "\n".join(lines)
+
+
 def write(results: Raw, folder: Path, charts: list[str]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
@@ -272,14 +284,14 @@ def write(results: Raw, folder: Path, charts: list[str]) -> Path:
     return path
 
 
-def update_between_markers(document: Path, text: str) -> bool:
-    """Replace what stands between the results markers of ``document``; False when
-    the document has no markers (it is then left alone)."""
+def update_between_markers(document: Path, text: str, start: str = START, end: str = END) -> bool:
+    """Replace what stands between the ``start`` and ``end`` markers of ``document``;
+    False when it has no such markers (it is then left alone)."""
     if not document.exists():
         return False
     content = document.read_text()
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.DOTALL)
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.DOTALL)
     if not pattern.search(content):
         return False
-    document.write_text(pattern.sub(lambda _: f"{START}\n{text}\n{END}", content, count=1))
+    document.write_text(pattern.sub(lambda _: f"{start}\n{text}\n{end}", content, count=1))
     return True

@@ -33,7 +33,7 @@ from bench.report import update_between_markers, write
 from bench.sdks import versions
 
 RESULTS = ROOT / "bench" / "results"
-DOCS = (ROOT / "docs" / "performance.md", ROOT / "README.md")
+DOCS = (ROOT / "docs" / "performance.md", ROOT / "README.md")  # updated where they have markers
 
 
 def log(message: str) -> None:
@@ -150,6 +150,21 @@ def missing_modules() -> list[str]:
     return missing
 
 
+def update_docs(results: dict[str, Any], charts: list[str], out: Path) -> None:
+    """Full tables between the bench-results markers, the short form between the
+    bench-summary markers, in whichever of the documents has them."""
+    from bench.report import SUMMARY_END, SUMMARY_START, markdown, summary_markdown
+
+    for document in DOCS:
+        prefix = os.path.relpath(out, document.parent) + "/"
+        full = update_between_markers(document, markdown(results, charts, prefix))
+        short = update_between_markers(
+            document, summary_markdown(results, charts, prefix), SUMMARY_START, SUMMARY_END
+        )
+        if full or short:
+            log(f"updated {document.relative_to(ROOT)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     missing = missing_modules()
@@ -189,16 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     results = {"meta": meta, **results, "raw": raw}
     out.mkdir(parents=True, exist_ok=True)
     from bench.charts import draw
-    from bench.report import markdown
 
     charts = draw(results, out)
     path = write(results, out, charts)
     log(f"results: {path} and {out / 'results.json'}; charts: {', '.join(charts)}")
     if not args.quick and not args.no_docs and out == RESULTS:
-        for document in DOCS:
-            prefix = os.path.relpath(out, document.parent) + "/"
-            if update_between_markers(document, markdown(results, charts, prefix)):
-                log(f"updated {document.relative_to(ROOT)}")
+        update_docs(results, charts, out)
     log(f"done in {time.monotonic() - started:.0f} s")
     return 0
 
