@@ -293,7 +293,7 @@ def test_an_untrusted_certificate_fails_with_an_ssl_error_reported_to_on_error(
 def test_an_empty_curl_ca_bundle_does_not_turn_verification_off(
     https_sink: HttpsSink, capture: Capture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Old requests versions read CURL_CA_BUNDLE="" as "verify nothing", a known trick.
+    # A known trick for switching verification off in some older requests versions.
     monkeypatch.setenv("CURL_CA_BUNDLE", "")
     client = client_for(https_sink.url, capture)
     with pytest.raises(SendError, match="CERTIFICATE_VERIFY_FAILED"):
