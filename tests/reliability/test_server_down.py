@@ -128,7 +128,7 @@ def test_shutdown_keeps_its_deadline_and_reports_what_it_could_not_send(
     took = time.monotonic() - started
 
     assert delivered is False
-    assert took < 1.0 + 0.3
+    assert took < 1.0 + 0.5  # the deadline, plus reporting what is left
     assert reported.events == 500
     stats = client.stats()
     assert sum(stats.dropped.values()) == stats.failed == 500
