@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import http.client
 import importlib
 import itertools
@@ -22,6 +23,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -43,6 +45,7 @@ START_ATTEMPTS = 3  # a free port can be taken between our probe and the server'
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 40.0  # above gunicorn's default graceful_timeout (30 s)
 REQUEST_TIMEOUT_S = 30.0
+FIFO_RETRY_S = 5.0
 
 
 class DemoError(Exception):
@@ -171,7 +174,8 @@ class ServerProcess:
             if not self.running():
                 return False
             with contextlib.suppress(OSError, http.client.HTTPException):
-                if request(self.url, "GET", "/healthz", timeout=2.0)[0] == 200:
+                answered = request(self.url, "GET", "/healthz", timeout=2.0)[0] == 200
+                if answered and self._fifo_ready():
                     return True
             time.sleep(0.05)
         return False
@@ -190,15 +194,36 @@ class ServerProcess:
         self._stop_requested = True
         if self.fifo is None:
             self.signal(signal.SIGTERM)
-            return
-        try:  # non-blocking: opening a FIFO nobody reads would block forever
-            fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError:  # ENXIO: the master has closed it, so it is already stopping
-            return
+        elif not self._write_fifo(b"q"):
+            self.signal(signal.SIGINT)  # no FIFO to talk to: uWSGI's (brutal) stop
+
+    def _write_fifo(self, command: bytes) -> bool:
+        """Write to the uWSGI master FIFO without ever blocking. uWSGI recreates the FIFO
+        after each writer leaves, so it can be briefly missing (ENOENT) or unread (ENXIO):
+        retry for a while. A blocking open would hang forever once the master is gone."""
+        assert self.fifo is not None
+        deadline = time.monotonic() + FIFO_RETRY_S
+        while self.running() and time.monotonic() < deadline:
+            try:
+                fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.ENXIO):
+                    raise
+                time.sleep(0.05)
+                continue
+            try:
+                return os.write(fd, command) == len(command)
+            finally:
+                os.close(fd)
+        return False
+
+    def _fifo_ready(self) -> bool:
+        """The master creates its FIFO after the workers start serving: wait for it, or
+        a stop written too early goes to a plain file the master then replaces."""
         try:
-            os.write(fd, b"q")
-        finally:
-            os.close(fd)
+            return self.fifo is None or stat.S_ISFIFO(os.stat(self.fifo).st_mode)
+        except FileNotFoundError:
+            return False
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> int:
         """Stop gracefully and wait; the master's exit status (workers flush first)."""
