@@ -70,6 +70,7 @@ class Worker:
         self._dropped: dict[str, int] = {}
         self._last_drop_warning = 0.0
         self._closed = False
+        self._flush_requests = 0  # flush() calls so far; the sender serves them in order
         self._deadline: float | None = None  # set by shutdown; bounds every send
         self._wake = threading.Event()
         self._interrupt = threading.Event()
@@ -135,6 +136,8 @@ class Worker:
         with self._lock:
             target = self._appended
         if self._sender_alive():
+            with self._lock:
+                self._flush_requests += 1  # tells the sender to send partial batches too
             self._wake.set()
             return self._wait_finished(target, deadline)
         self._drain(deadline)  # no thread here (sync mode, exit): send from this thread
@@ -193,20 +196,36 @@ class Worker:
         return thread is not None and thread.is_alive()
 
     def _run(self) -> None:
+        # Woken by a full batch, send full batches only: under load the remainder fills
+        # the next one, and a request per full batch costs the app's CPU far less than
+        # a request per wake-up (measured under Gunicorn: 5.5 events per POST when every
+        # wake drained everything). Everything goes on flush(), shutdown, and when the
+        # interval falls due, so no event waits longer than flush_interval.
+        interval = self._options.flush_interval
+        due = time.monotonic() + interval
+        flushes_served = 0
         while True:
-            self._wake.wait(self._options.flush_interval)
+            self._wake.wait(max(due - time.monotonic(), 0.0))
             self._wake.clear()
-            self._drain(self._deadline)
+            flushes_asked = self._flush_requests
+            if self._closed or flushes_asked != flushes_served or time.monotonic() >= due:
+                self._drain(self._deadline)
+                flushes_served = flushes_asked
+                due = time.monotonic() + interval
+            else:
+                self._drain(self._deadline, full_batches_only=True)
             if self._closed and not self._queue:
                 return
 
-    def _drain(self, deadline: float | None = None) -> None:
+    def _drain(self, deadline: float | None = None, *, full_batches_only: bool = False) -> None:
         with self._send_lock:
-            self._drain_locked(deadline)
+            self._drain_locked(deadline, full_batches_only)
 
-    def _drain_locked(self, deadline: float | None) -> None:
+    def _drain_locked(self, deadline: float | None, full_batches_only: bool = False) -> None:
         while True:
             if deadline is not None and time.monotonic() >= deadline:
+                return
+            if full_batches_only and len(self._queue) < self._options.max_batch_size:
                 return
             batch = self._take_batch()
             if not batch:

@@ -266,3 +266,32 @@ def test_a_client_that_was_shut_down_releases_its_worker(collector: Collector) -
     del client
     gc.collect()
     assert worker() is None
+
+
+def test_a_full_batch_wakes_the_sender_for_full_batches_only(server: ScriptedServer) -> None:
+    client = KlimeClient("key", endpoint=server.url, max_batch_size=5, flush_interval=60_000)
+    with client._worker.get()._send_lock:  # let all 7 queue up before the sender looks
+        for n in range(7):
+            client.track("A", {"n": n}, user_id="u")
+    deadline = time.monotonic() + 10
+    while not server.received and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # room for a wrong second request to show up
+    assert [len(r.events()) for r in server.received] == [5]
+    assert client.queue_size() == 2  # the remainder waits for the next batch or the interval
+    assert client.flush(10)
+    assert [len(r.events()) for r in server.received] == [5, 2]
+
+
+def test_no_event_waits_longer_than_flush_interval_under_steady_load(
+    server: ScriptedServer,
+) -> None:
+    client = KlimeClient("key", endpoint=server.url, max_batch_size=10, flush_interval=300)
+    started = time.monotonic()
+    for n in range(25):  # 2 full batches at once, then a remainder of 5
+        client.track("A", {"n": n}, user_id="u")
+    while len(server.all_events()) < 25 and time.monotonic() - started < 10:
+        time.sleep(0.01)
+    assert len(server.all_events()) == 25
+    assert [len(r.events()) for r in server.received][-1] == 5
+    client.shutdown()
