@@ -435,7 +435,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=_positive, default=4, help="server workers (4)")
     parser.add_argument(
         "--requests",
-        type=_positive,
+        type=_request_count,
         default=200,
         help=f"requests to send (200, max {MAX_REQUESTS})",
     )
@@ -458,7 +458,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, tmp: Path) -> int:
-    total = min(args.requests, MAX_REQUESTS)
+    total = args.requests
     with Collector(HOST, 0, tmp / "events.sqlite3", [WRITE_KEY]) as collector:
         server = _server(args, tmp, collector.url)
         kind = "uWSGI" if args.uwsgi else "Gunicorn (--preload)"
@@ -504,7 +504,17 @@ def _serve_until_interrupted(collector: Collector) -> None:
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _request_count(text: str) -> int:
+    value = _positive(text)
+    if value > MAX_REQUESTS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_REQUESTS}, got {text}")
     return value

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from klime_mp.__main__ import main
 from klime_mp.demo import LoadResult, Progress, Tally, planned_request, report
 
 pytestmark = pytest.mark.server
@@ -95,3 +96,16 @@ def test_progress_is_plain_lines_when_not_a_terminal() -> None:
     lines = out.getvalue().splitlines()
     assert len(lines) == 11  # the first request, then every tenth
     assert lines[-1].endswith("100/100 requests")
+
+
+@pytest.mark.parametrize(
+    "args", [["--requests", "0"], ["--requests", "100001"], ["--workers", "x"]]
+)
+def test_bad_options_are_refused_before_anything_starts(
+    args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", *args])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "must be a positive integer" in error or "at most 100000" in error
