@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import hmac
+import http.client
 import http.server
 import inspect
 import io
@@ -22,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from klime_mp import KlimeClient, SendError
 from klime_mp.collector import Collector, FaultPlan
@@ -352,13 +352,15 @@ def test_every_request_carries_a_finite_timeout(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capture: Capture
 ) -> None:
     seen: list[Any] = []
-    original = requests.Session.send
+    original = http.client.HTTPConnection.request
 
-    def spying_send(self: requests.Session, request: Any, **kwargs: Any) -> Any:
-        seen.append(kwargs.get("timeout"))
-        return original(self, request, **kwargs)
+    def spying_request(self: http.client.HTTPConnection, *args: Any, **kwargs: Any) -> Any:
+        seen.append(self.timeout)
+        if self.sock is not None:  # a kept-alive connection: its socket's timeout too
+            seen.append(self.sock.gettimeout())
+        return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(requests.Session, "send", spying_send)
+    monkeypatch.setattr(http.client.HTTPConnection, "request", spying_request)
     with Collector(db=tmp_path / "db.sqlite3", faults=FaultPlan(seed=3, error_rate=0.5)) as c:
         client = client_for(c.url, capture, retry_max_attempts=10, shutdown_timeout=5.0)
         for n in range(50):

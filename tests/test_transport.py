@@ -105,7 +105,8 @@ def test_connection_refused_is_retried_then_reported() -> None:
     client.track("A", user_id="u")
     assert client.flush(10)
     assert client.stats().retries == 1
-    assert "ConnectionError" in str(reports.errors[0][0])
+    message = str(reports.errors[0][0])
+    assert "failed after 2 attempts" in message and "ConnectionRefusedError" in message
 
 
 def test_read_timeout_is_transient(server: ScriptedServer) -> None:

@@ -201,16 +201,15 @@ def keep_alive(children: str) -> None:
 
 
 def held_locks() -> None:
-    """Fork while another thread holds every lock the parent's worker and HTTP pool
-    use: a child that acquired any of them would hang forever (its watchdog ends it)."""
+    """Fork while another thread holds every lock the parent's worker uses (its HTTP
+    connection takes none): a child that acquired any of them would hang forever (its
+    watchdog ends it)."""
     client = h.make_client()
     tags = track_many(client, "parent", 3)
     check(client.flush(10), "parent flush timed out")
     worker: Any = client._worker.get()
-    session = worker._transport._session
-    pools = session.adapters["http://"].poolmanager.pools
-    pool = next(iter(pools._container.values()))
-    locks = [worker._lock, worker._send_lock, pools.lock, pool.pool.mutex, forksafe.process_lock()]
+    check(worker._transport._conn is not None, "no kept-alive connection to inherit")
+    locks = [worker._lock, worker._send_lock, forksafe.process_lock()]
     held, release = threading.Event(), threading.Event()
 
     def hold() -> None:
