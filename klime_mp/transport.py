@@ -356,11 +356,12 @@ def _tls_context(bundle: str | None) -> ssl.SSLContext:
 
 
 def _closed_while_idle(conn: http.client.HTTPConnection) -> bool:
-    """True when an idle kept-alive socket is readable: the server closed it (or sent
-    something unasked, such as a 408), so it cannot carry the next request."""
-    sock = conn.sock
-    if sock is None:
-        return True
+    """True when an idle kept-alive connection cannot carry the next request: its
+    socket is readable, so the server closed it (or sent something unasked, a 408)."""
+    return conn.sock is None or _readable(conn.sock)
+
+
+def _readable(sock: socket.socket) -> bool:
     if hasattr(select, "poll"):  # select() fails on descriptors over 1023
         poller = select.poll()
         poller.register(sock, select.POLLIN)
