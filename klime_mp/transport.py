@@ -49,8 +49,9 @@ _CONNECT_TIMEOUT, _READ_TIMEOUT = "ConnectTimeout", "ReadTimeout"
 _FAILURES = (OSError, http.client.HTTPException, ValueError)
 # A kept-alive connection the server closed while it was idle fails like this on the
 # first request written to it (RemoteDisconnected: no byte of an answer came back).
-# That is normal, not a failed attempt: the request is written once more on a new one.
-_STALE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+# (SSLEOFError: the same through TLS). That is normal, not a failed attempt: the request
+# is written once more, on a new connection.
+_STALE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, ssl.SSLEOFError)
 
 Deadline = Callable[[], Optional[float]]
 
@@ -131,7 +132,6 @@ class Transport:
         # Never in an error text: the key, and the proxy's credentials in either form.
         self._secrets = [options.write_key, *self._route.secrets]
         self._conn: http.client.HTTPConnection | None = None
-        self._connecting = False  # for the error text: connect or read timeout
 
     def send(self, body: bytes, deadline: Deadline) -> Delivery:
         """POST ``body`` until it is taken, fails for good, or ``deadline()`` passes."""
@@ -184,8 +184,9 @@ class Transport:
                     self.close()  # see _STALE; a second failure on a new one counts
             return self._exchange(body, timeout)
         except _FAILURES as exc:
+            error = self._describe(exc, connecting=self._conn is None)
             self.close()  # never reuse a connection in an unknown state
-            return _Attempt(status=None, error=self._describe(exc))
+            return _Attempt(status=None, error=error)
 
     def _exchange(self, body: bytes, timeout: float) -> _Attempt:
         conn = self._conn
@@ -214,21 +215,18 @@ class Transport:
             conn = http.client.HTTPConnection(route.host, route.port, timeout=timeout)
         if route.tunnel is not None:
             conn.set_tunnel(*route.tunnel, headers=route.proxy_headers)
-        self._connecting = True
         try:
             conn.connect()
         except BaseException:
             conn.close()  # a TLS handshake that failed leaves the plain socket open
             raise
-        finally:
-            self._connecting = False
         return conn
 
-    def _describe(self, exc: BaseException) -> str:
+    def _describe(self, exc: BaseException, *, connecting: bool) -> str:
         """The error's kind and type, e.g. ``ConnectionError (ConnectionRefusedError:
         [Errno 111] Connection refused)``, with any credential taken out."""
         if isinstance(exc, (socket.timeout, TimeoutError)):
-            kind = _CONNECT_TIMEOUT if self._connecting else _READ_TIMEOUT
+            kind = _CONNECT_TIMEOUT if connecting else _READ_TIMEOUT
         elif isinstance(exc, ssl.SSLError):
             kind = "SSLError"
         elif isinstance(exc, OSError):

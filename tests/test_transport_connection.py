@@ -174,6 +174,7 @@ def test_a_new_connection_that_fails_counts_as_an_attempt(monkeypatch: pytest.Mo
 
 
 @pytest.mark.fork
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_abandon_in_a_child_leaves_the_parents_connection_open(server: ScriptedServer) -> None:
     t = make_transport(server.url)
@@ -243,6 +244,17 @@ def test_no_proxy_bypasses_the_proxy(
 
     assert send(t).response is not None
     assert len(server.received) == 1
+
+
+def test_a_timeout_is_named_by_where_it_happened(
+    server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def too_slow(self: Any) -> None:
+        raise socket.timeout("timed out")
+
+    monkeypatch.setattr("http.client.HTTPConnection.connect", too_slow)
+    failed = send(make_transport(server.url, retry_max_attempts=1))
+    assert "failed after 1 attempts, last: ConnectTimeout (" in str(failed.error)
 
 
 # -- TLS and secrets ---------------------------------------------------------------------
