@@ -284,9 +284,4 @@ def _flush_then_terminate(signum: int, frame: FrameType | None) -> None:
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 multiprocessing.util.register_after_fork(_anchor, _multiprocessing_child_started)
-# urllib3 closes pooled connections from weakref.finalize, whose own atexit hook is
-# registered on first use: later than ours, so it would run first (atexit is last in,
-# first out) and the exit flush would pay for a new connection (a TLS handshake).
-# Using weakref.finalize once now puts its hook before ours.
-weakref.finalize(_anchor, int)
 atexit.register(_flush_at_exit)
