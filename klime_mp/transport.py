@@ -3,40 +3,30 @@
 The network seam returns values (``Delivery``) instead of raising, so the sender
 thread has one place to count and report a failure and never dies of one.
 
-Built on the standard library's ``http.client``, not ``requests``: on the same
-keep-alive connection a 20-event POST cost ~830 µs of CPU through requests and ~144 µs
-here, and a refused connection ~440 µs against ~40 µs (requests scans the environment
-for proxies on every attempt). On a 2-core Gunicorn box that CPU is taken from the app.
+Built on the standard library's ``http.client`` (opening the connection, proxies and
+TLS live in ``connection``), not ``requests``: on the same keep-alive connection a
+20-event POST cost ~830 µs of CPU through requests and ~144 µs here, and a refused
+connection ~440 µs against ~40 µs (requests scans the environment for proxies on every
+attempt). On a 2-core Gunicorn box that CPU is taken from the app.
 """
 
 from __future__ import annotations
 
-import base64
 import email.utils
-import encodings.idna  # noqa: F401  # see below
 import http.client
 import json
-import os
 import random
-import select
 import socket
 import ssl
 import threading
 import time
-import urllib.parse
-import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from klime_mp import connection
 from klime_mp._version import __version__
 from klime_mp.options import Options
 from klime_mp.responses import BatchResponse, ValidationError
-
-# Why the idna import above: socket.getaddrinfo() and ssl's server_hostname encode a
-# host name with the "idna" codec, imported on first use. A freshly forked child whose
-# first use happens in its sender thread failed with "LookupError: unknown encoding:
-# idna", or waited forever on an import lock another thread held at the fork (seen
-# with netrc under requests). So everything the sender needs is imported here.
 
 MAX_BACKOFF_S = 16.0  # the official SDK's cap
 MAX_RETRY_AFTER_S = 60.0  # a server asking for longer is not obeyed beyond this
@@ -54,17 +44,6 @@ _FAILURES = (OSError, http.client.HTTPException, ValueError)
 _STALE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, ssl.SSLEOFError)
 
 Deadline = Callable[[], Optional[float]]
-
-
-def _certifi_bundle() -> str | None:
-    try:
-        import certifi
-    except ImportError:  # the system's trust store is used instead
-        return None
-    return certifi.where()  # now: where() imports importlib.resources parts lazily
-
-
-_CERTIFI_BUNDLE = _certifi_bundle()
 
 
 @dataclass(frozen=True)
@@ -99,19 +78,6 @@ class _Attempt:
     error: str | None = None  # what went wrong, already scrubbed of credentials
 
 
-@dataclass(frozen=True)
-class _Route:
-    """Where the connection goes and what the request line says; fixed per Transport."""
-
-    https: bool
-    host: str  # the server, or the proxy
-    port: int
-    target: str  # the path, or the absolute URL through a plain-http proxy
-    tunnel: tuple[str, int] | None = None  # CONNECT host:port through a proxy (https)
-    proxy_headers: dict[str, str] = field(default_factory=dict)
-    secrets: tuple[str, ...] = ()  # the proxy's password and Basic token
-
-
 class Transport:
     """One per client per process. Only the sending thread (or a sync caller holding
     the worker's send lock) uses it, so the connection is never used concurrently."""
@@ -120,8 +86,8 @@ class Transport:
         self._options = options
         self._interrupt = interrupt  # set by shutdown: cut short any backoff sleep
         # Proxy and CA variables are read once, here: not on every attempt.
-        self._route = _route(options)
-        self._ca_bundle = _ca_bundle()
+        self._route = connection.route_for(options)
+        self._ca_bundle = connection.ca_bundle()
         self._headers = {
             "Content-Type": "application/json",
             "Authorization": f"Bearer {options.write_key}",
@@ -174,7 +140,7 @@ class Transport:
         timeout = self._options.timeout
         if deadline is not None:
             timeout = min(timeout, max(deadline - time.monotonic(), 0.001))
-        if self._conn is not None and _closed_while_idle(self._conn):
+        if self._conn is not None and connection.closed_while_idle(self._conn):
             self.close()
         try:
             if self._conn is not None:
@@ -191,7 +157,7 @@ class Transport:
     def _exchange(self, body: bytes, timeout: float) -> _Attempt:
         conn = self._conn
         if conn is None:
-            conn = self._conn = self._connect(timeout)
+            conn = self._conn = connection.open_connection(self._route, self._ca_bundle, timeout)
         else:
             conn.timeout = timeout
             if conn.sock is not None:
@@ -202,25 +168,6 @@ class Transport:
         if reply.will_close:  # "Connection: close", or HTTP/1.0
             self.close()
         return _Attempt(reply.status, content, reply.getheader("Retry-After"))
-
-    def _connect(self, timeout: float) -> http.client.HTTPConnection:
-        route = self._route
-        conn: http.client.HTTPConnection
-        if route.https:
-            context = _tls_context(self._ca_bundle)
-            conn = http.client.HTTPSConnection(
-                route.host, route.port, timeout=timeout, context=context
-            )
-        else:
-            conn = http.client.HTTPConnection(route.host, route.port, timeout=timeout)
-        if route.tunnel is not None:
-            conn.set_tunnel(*route.tunnel, headers=route.proxy_headers)
-        try:
-            conn.connect()
-        except BaseException:
-            conn.close()  # a TLS handshake that failed leaves the plain socket open
-            raise
-        return conn
 
     def _describe(self, exc: BaseException, *, connecting: bool) -> str:
         """The error's kind and type, e.g. ``ConnectionError (ConnectionRefusedError:
@@ -287,84 +234,6 @@ class Transport:
 
 
 # -- the connection: route, proxy, TLS ---------------------------------------------------
-
-
-def _route(options: Options) -> _Route:
-    """Direct, or through the proxy that HTTPS_PROXY / HTTP_PROXY / ALL_PROXY name
-    (any case) unless NO_PROXY exempts the host: what requests did, read once."""
-    parts = urllib.parse.urlsplit(options.endpoint)
-    https = parts.scheme == "https"
-    host = parts.hostname or ""
-    port = parts.port or (443 if https else 80)
-    direct = _Route(https, host, port, f"{parts.path}/v1/batch")
-    proxies = urllib.request.getproxies()
-    proxy = proxies.get(parts.scheme) or proxies.get("all")
-    if not proxy or urllib.request.proxy_bypass(host):
-        return direct
-    try:
-        url = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-        proxy_host, proxy_port = url.hostname, url.port or 80
-    except ValueError:  # a port that is not a number, a bad IPv6 literal
-        proxy_host = None
-    if proxy_host is None or url.scheme != "http":
-        options.logger.warning(
-            "Klime: ignoring the proxy setting for %s: only http:// proxies are supported",
-            parts.scheme,
-        )
-        return direct
-    headers: dict[str, str] = {}
-    secrets: tuple[str, ...] = ()
-    if url.username is not None:
-        user = urllib.parse.unquote(url.username)
-        password = urllib.parse.unquote(url.password or "")
-        token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-        headers["Proxy-Authorization"] = f"Basic {token}"
-        secrets = (token, password) if password else (token,)
-    if https:
-        tunnel = (host, port)
-        return _Route(True, proxy_host, proxy_port, direct.target, tunnel, headers, secrets)
-    target = f"{options.endpoint}/v1/batch"  # the absolute URL, as a proxy expects
-    return _Route(False, proxy_host, proxy_port, target, None, headers, secrets)
-
-
-def _ca_bundle() -> str | None:
-    """The CA bundle (file or directory) to trust: REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE
-    as with requests, else certifi's, else the system's (None). An empty variable is
-    ignored: nothing turns verification off."""
-    env = os.environ
-    return env.get("REQUESTS_CA_BUNDLE") or env.get("CURL_CA_BUNDLE") or _CERTIFI_BUNDLE
-
-
-# One context per bundle per process tree: building one reads the whole bundle (ms of
-# CPU), and a context is safe to reuse for new connections after a fork.
-_tls_contexts: dict[str | None, ssl.SSLContext] = {}
-
-
-def _tls_context(bundle: str | None) -> ssl.SSLContext:
-    context = _tls_contexts.get(bundle)
-    if context is None:
-        if bundle is not None and os.path.isdir(bundle):
-            context = ssl.create_default_context(capath=bundle)
-        else:
-            context = ssl.create_default_context(cafile=bundle)
-        context.verify_mode = ssl.CERT_REQUIRED  # the defaults; stated, never changed
-        context.check_hostname = True
-        context = _tls_contexts.setdefault(bundle, context)
-    return context
-
-
-def _closed_while_idle(conn: http.client.HTTPConnection) -> bool:
-    """True when an idle kept-alive connection cannot carry the next request: its
-    socket is readable, so the server closed it (or sent something unasked, a 408)."""
-    return conn.sock is None or _readable(conn.sock)
-
-
-def _readable(sock: socket.socket) -> bool:
-    if hasattr(select, "poll"):  # select() fails on descriptors over 1023
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
-        return bool(poller.poll(0))
-    return bool(select.select([sock], [], [], 0)[0])
 
 
 # -- values ----------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import certifi
 import pytest
 
-from klime_mp import transport
+from klime_mp import connection
 from klime_mp.options import build_options
 from klime_mp.transport import Delivery, Transport
 from tests.scripted_server import Reply, ScriptedServer
@@ -143,7 +143,7 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_without_a_retry(
     # a server's keep-alive timeout does between two batches.
     peer = RawServer(lambda seen: reply(), per_connection=1)
     if noticed == "on_writing":  # the close arrives after the idle check
-        monkeypatch.setattr(transport, "_closed_while_idle", lambda conn: False)
+        monkeypatch.setattr(connection, "closed_while_idle", lambda conn: False)
     t = make_transport(f"http://127.0.0.1:{peer.port}")
     assert send(t).response
     _wait_for(lambda: _peer_closed(t))
@@ -159,7 +159,7 @@ def test_a_new_connection_that_fails_counts_as_an_attempt(monkeypatch: pytest.Mo
     # Only the first connection answers. The free resend happens once, on a reused
     # connection; the failure of the new one is an attempt like any other.
     peer = RawServer(lambda seen: reply() if seen.connection == 1 else None, per_connection=1)
-    monkeypatch.setattr(transport, "_closed_while_idle", lambda conn: False)
+    monkeypatch.setattr(connection, "closed_while_idle", lambda conn: False)
     t = make_transport(f"http://127.0.0.1:{peer.port}", retry_max_attempts=2)
     assert send(t).response
     _wait_for(lambda: _peer_closed(t))
@@ -265,8 +265,8 @@ def test_tls_verifies_against_certifi_and_an_empty_bundle_variable_changes_nothi
 ) -> None:
     monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
     monkeypatch.setenv("CURL_CA_BUNDLE", "")
-    bundle = transport._ca_bundle()
-    context = transport._tls_context(bundle)
+    bundle = connection.ca_bundle()
+    context = connection.tls_context(bundle)
     assert bundle == certifi.where()
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
 
@@ -345,7 +345,7 @@ def _b64(text: str) -> str:
 
 def _peer_closed(t: Transport) -> bool:
     conn = t._conn
-    return conn is not None and conn.sock is not None and transport._readable(conn.sock)
+    return conn is not None and conn.sock is not None and connection._readable(conn.sock)
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
