@@ -182,6 +182,12 @@ def serialize(body: dict[str, Any]) -> bytes:
         data = _encode(body).encode("utf-8")
     except (TypeError, ValueError, RecursionError, UnicodeEncodeError) as exc:
         raise _diagnose(body, exc) from None
+    # How deep json lets us go depends on the Python version (3.12+ goes much deeper
+    # than 3.11, whose json then refuses the whole batch), so the limit is ours. The
+    # bracket count bounds the depth at C speed; only an event with more than
+    # MAX_DEPTH brackets is walked.
+    if data.count(b"{") + data.count(b"[") > MAX_DEPTH and _too_deep(body, -1):
+        raise _diagnose(body, ValueError("nested too deeply"))
     return data
 
 
@@ -231,6 +237,16 @@ def _mapping(name: str, value: Mapping[str, Any] | None) -> Any:
 
 
 # -- the slow path: only after the fast encode failed ---------------------------------
+
+
+def _too_deep(value: Any, depth: int) -> bool:
+    if depth > MAX_DEPTH:
+        return True
+    if isinstance(value, dict):
+        return any(_too_deep(item, depth + 1) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_too_deep(item, depth + 1) for item in value)
+    return False
 
 
 def _diagnose(body: dict[str, Any], exc: BaseException) -> Exception:

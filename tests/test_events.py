@@ -230,3 +230,23 @@ def test_timestamp_is_now_in_utc() -> None:
     after = dt.datetime.now(dt.timezone.utc) + dt.timedelta(milliseconds=1)
     parsed = dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc)
     assert before <= parsed <= after
+
+
+@pytest.mark.parametrize("depth", [65, 100, 900])
+def test_nesting_beyond_64_levels_is_rejected_on_every_python(depth: int) -> None:
+    # json alone allows ~1000 levels on 3.11 and far more on 3.12+, whose events a
+    # 3.11 server would then refuse whole: the limit must not depend on the version.
+    value: Any = 1
+    for _ in range(depth):
+        value = {"x": value}
+    with pytest.raises(ValueError, match="nested more than 64 levels deep"):
+        events.serialize(events.build_track("A", value, "u", None))
+
+
+def test_wide_events_with_many_brackets_but_little_depth_are_accepted() -> None:
+    items = [{"sku": n, "tags": [n]} for n in range(200)]
+    encoded(events.build_track("Order Placed", {"items": items}, "u", None))
+    value: Any = 1
+    for _ in range(64):
+        value = {"x": value}
+    encoded(events.build_track("A", value, "u", None))  # exactly the limit
