@@ -115,7 +115,10 @@ def uwsgi_argv(
     ini = ini if ini is not None else example_dir() / "uwsgi.ini"
     argv = [uwsgi_binary(), "--ini", str(ini)]
     argv += ["--http-socket", f"{HOST}:{port}", "--processes", str(workers)]
-    return [*argv, "--master-fifo", str(fifo), "--disable-logging", *options]
+    # A worker being respawned when "q" arrives misses it, and the master then waits
+    # worker-reload-mercy for it (60 s by default): longer than any stop we wait for.
+    mercy = ["--worker-reload-mercy", "15"]
+    return [*argv, "--master-fifo", str(fifo), "--disable-logging", *mercy, *options]
 
 
 class ServerProcess:
