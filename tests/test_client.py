@@ -295,3 +295,15 @@ def test_no_event_waits_longer_than_flush_interval_under_steady_load(
     assert len(server.all_events()) == 25
     assert [len(r.events()) for r in server.received][-1] == 5
     client.shutdown()
+
+
+def test_a_batch_body_stays_under_10_mb(server: ScriptedServer) -> None:
+    client = KlimeClient("key", endpoint=server.url, max_batch_size=100, flush_interval=60_000)
+    blob = "x" * 150_000  # under the 200 KB event limit; 100 of them are 15 MB
+    with client._worker.get()._send_lock:
+        for n in range(100):
+            client.track("Big", {"n": n, "blob": blob}, user_id="u")
+    assert client.flush(60)
+    sizes = [len(r.body) for r in server.received]
+    assert len(sizes) >= 2 and max(sizes) <= 10 * 1024 * 1024
+    assert sorted(e["properties"]["n"] for e in server.all_events()) == list(range(100))
