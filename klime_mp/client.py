@@ -169,13 +169,7 @@ class KlimeClient:
         except EventTooLargeError as error:
             # Oversized events depend on data, not on the code path: raising here could
             # fail a web request in production, so they are dropped, counted and reported.
-            worker.count_drop(OVERSIZED, 1)
-            self._options.logger.error("Klime: event dropped: %s", error)
-            if self._options.on_error is not None:
-                try:
-                    self._options.on_error(error, [body])
-                except Exception:
-                    self._options.logger.exception("Klime: on_error callback raised")
+            worker.refuse(OVERSIZED, error, [body])
             return
         worker.enqueue(data)
         if forksafe.exit_flushed_pid:  # only once the process is exiting

@@ -121,6 +121,13 @@ class Worker:
                 "Klime: dropping events (%s; %d so far in this process)", reason, total
             )
 
+    def refuse(self, reason: str, error: BaseException, events: list[dict[str, Any]]) -> None:
+        """Events dropped before they reached the queue (oversized): count, log and
+        report them, the caller's thread running ``on_error`` like the sender would."""
+        self.count_drop(reason, len(events))
+        self._log.error("Klime: event dropped: %s", error)
+        self._call("on_error", error, events)
+
     def size(self) -> int:
         return len(self._queue)
 
@@ -260,9 +267,7 @@ class Worker:
         else:
             assert delivery.error is not None
             self._call("on_error", delivery.error, decode(batch))
-        with self._progress:
-            self._finished += len(batch)
-            self._progress.notify_all()
+        self._mark_finished(len(batch))
 
     def send_now(self, data: bytes) -> BatchResponse:
         """Send one event from the calling thread (the ``*_sync`` methods); callbacks are
@@ -346,8 +351,12 @@ class Worker:
         self._count_failed(len(batch), SHUTDOWN_TIMEOUT, 0)
         self._log.error("Klime: %s", message)
         self._call("on_error", DeliveryError(message, SHUTDOWN_TIMEOUT), decode(batch))
+        self._mark_finished(len(batch))
+
+    def _mark_finished(self, count: int) -> None:
+        """Events left the queue for good (sent or failed): wake flush() waiters."""
         with self._progress:
-            self._finished += len(batch)
+            self._finished += count
             self._progress.notify_all()
 
     def _wait_finished(self, target: int, deadline: float | None) -> bool:

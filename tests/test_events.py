@@ -250,3 +250,15 @@ def test_wide_events_with_many_brackets_but_little_depth_are_accepted() -> None:
     for _ in range(64):
         value = {"x": value}
     encoded(events.build_track("A", value, "u", None))  # exactly the limit
+
+
+def test_a_raising_on_error_for_an_oversized_event_never_reaches_the_caller(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def explode(error: BaseException, dropped: list[dict[str, Any]]) -> None:
+        raise RuntimeError("boom")
+
+    client = KlimeClient("key", send=False, on_error=explode)
+    client.track("Big", {"blob": "x" * MAX_EVENT_BYTES}, user_id="u")  # must not raise
+    assert client.stats().dropped == {"oversized": 1}
+    assert any("on_error callback raised" in r.getMessage() for r in caplog.records)
