@@ -3,7 +3,7 @@
 An event's path: ``track()`` builds and encodes it (``events``), takes this process's
 worker (``forksafe.ProcessLocal.get``: rebuilt after a fork) and appends the bytes to
 its queue (``worker.Worker.enqueue``); the worker's thread batches them and POSTs them
-(``transport.Transport.send``).
+(``delivery.Deliverer.send``, one attempt at a time through ``transport.Transport.post``).
 """
 
 from __future__ import annotations

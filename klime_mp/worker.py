@@ -17,16 +17,17 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from klime_mp.options import Options
-from klime_mp.responses import BatchResponse, SendError
-from klime_mp.transport import (
+from klime_mp.delivery import (
     REJECTED,
     RETRIES_EXHAUSTED,
     SHUTDOWN_TIMEOUT,
+    Deliverer,
     Delivery,
     DeliveryError,
-    Transport,
 )
+from klime_mp.options import Options
+from klime_mp.responses import BatchResponse, SendError
+from klime_mp.transport import Transport
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
 _BODY_OVERHEAD = len(b'{"batch":[]}')
@@ -79,7 +80,8 @@ class Worker:
         # when the deadline passes first (see _give_up_in_flight).
         self._in_flight: list[bytes] | None = None
         self._thread: threading.Thread | None = None
-        self._transport = Transport(options, self._interrupt)
+        self._transport = Transport(options)
+        self._deliverer = Deliverer(options, self._transport, self._interrupt)
 
     # -- the caller's side: no I/O here -------------------------------------------
 
@@ -287,7 +289,7 @@ class Worker:
         """Send one batch. Caller holds _send_lock."""
         body = b'{"batch":[' + b",".join(batch) + b"]}"
         try:
-            return self._transport.send(body, self._current_deadline)
+            return self._deliverer.send(body, self._current_deadline)
         except Exception as exc:  # a bug or an exotic failure must not kill the thread
             self._log.exception("Klime: unexpected error while sending a batch")
             return Delivery(None, exc, 0)

@@ -20,8 +20,9 @@ import certifi
 import pytest
 
 from klime_mp import connection
+from klime_mp.delivery import Deliverer, Delivery
 from klime_mp.options import build_options
-from klime_mp.transport import Delivery, Transport
+from klime_mp.transport import Transport
 from tests.scripted_server import Reply, ScriptedServer
 
 BODY = b'{"batch":[{"type":"track"}]}'
@@ -89,13 +90,24 @@ def reply(status: str = "200 OK", body: bytes = OK) -> bytes:
     return b"HTTP/1.1 %s\r\nContent-Length: %d\r\n\r\n%s" % (status.encode(), len(body), body)
 
 
-def make_transport(url: str, **options: Any) -> Transport:
+class Sending:
+    """A transport and the deliverer that retries through it, as the worker pairs them."""
+
+    def __init__(self, options: Any) -> None:
+        self.transport = Transport(options)
+        self.deliverer = Deliverer(options, self.transport, threading.Event())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+def make_transport(url: str, **options: Any) -> Sending:
     options.setdefault("retry_initial_delay", 10)
-    return Transport(build_options("sk_key_1234", url, **options), threading.Event())
+    return Sending(build_options("sk_key_1234", url, **options))
 
 
-def send(t: Transport) -> Delivery:
-    return t.send(BODY, lambda: None)
+def send(t: Sending) -> Delivery:
+    return t.deliverer.send(BODY, lambda: None)
 
 
 @pytest.fixture(autouse=True)
@@ -288,6 +300,7 @@ def test_an_error_text_that_quotes_a_header_has_the_key_removed(
 _SCRIPT = """
 import json, socket, sys, threading
 from klime_mp.options import build_options
+from klime_mp.delivery import Deliverer
 from klime_mp.transport import Transport
 
 def serve(listener):
@@ -316,9 +329,11 @@ urls = [
 ]
 before = set(sys.modules)
 for url in urls:
-    t = Transport(build_options("k", url, retry_max_attempts=1, timeout=5), threading.Event())
-    t.send(b'{"batch":[]}', lambda: None)
-    t.send(b'{"batch":[]}', lambda: None)
+    options = build_options("k", url, retry_max_attempts=1, timeout=5)
+    t = Transport(options)
+    d = Deliverer(options, t, threading.Event())
+    d.send(b'{"batch":[]}', lambda: None)
+    d.send(b'{"batch":[]}', lambda: None)
     t.close()
 print(json.dumps(sorted(set(sys.modules) - before)))
 """

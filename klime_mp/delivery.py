@@ -1,0 +1,181 @@
+"""Delivering one batch: which answers count as delivered, refused or worth retrying,
+and how long to wait before the next attempt (backoff, jitter, Retry-After).
+
+The HTTP exchange itself is ``transport``'s; this module only judges its ``Attempt``s.
+It returns values (``Delivery``) instead of raising, so the sender thread has one place
+to count and report a failure and never dies of one.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from klime_mp.options import Options
+from klime_mp.responses import BatchResponse, ValidationError
+from klime_mp.transport import Attempt, Transport
+
+MAX_BACKOFF_S = 16.0  # the official SDK's cap
+MAX_RETRY_AFTER_S = 60.0  # a server asking for longer is not obeyed beyond this
+PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 405, 410, 413, 414, 415, 422})
+
+Deadline = Callable[[], Optional[float]]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """The outcome of sending one batch, after any retries."""
+
+    response: BatchResponse | None  # set when the server took the batch (HTTP 200)
+    error: Exception | None  # set when it failed for good
+    retries: int
+
+
+# Why a batch was not delivered (``DeliveryError.reason``; also keys of ``Stats.dropped``).
+REJECTED = "rejected"  # the server refused it (400, 401...): resending cannot help
+RETRIES_EXHAUSTED = "retries_exhausted"
+SHUTDOWN_TIMEOUT = "shutdown_timeout"  # the shutdown deadline came first
+
+
+class DeliveryError(Exception):
+    """A batch could not be delivered; ``status`` is the last HTTP status, if any."""
+
+    def __init__(self, message: str, reason: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.status = status
+
+
+class Deliverer:
+    """Sends batches through one ``Transport`` until each is taken, refused, or out of
+    attempts. One per client per process, used by one sending thread at a time."""
+
+    def __init__(self, options: Options, transport: Transport, interrupt: threading.Event) -> None:
+        self._options = options
+        self._transport = transport
+        self._interrupt = interrupt  # set by shutdown: cut short any backoff sleep
+
+    def send(self, body: bytes, deadline: Deadline) -> Delivery:
+        """POST ``body`` until it is taken, fails for good, or ``deadline()`` passes."""
+        retries = 0
+        for attempt_number in range(1, self._options.retry_max_attempts + 1):
+            attempt = self._transport.post(body, _attempt_timeout(self._options, deadline()))
+            delivery = self._judge(attempt, retries)
+            if delivery is not None:
+                return delivery
+            if attempt_number == self._options.retry_max_attempts:
+                break
+            delay = self._delay(attempt_number, attempt.retry_after)
+            if not self._sleep(delay, deadline):
+                error = DeliveryError(
+                    "gave up: the shutdown deadline", SHUTDOWN_TIMEOUT, attempt.status
+                )
+                return Delivery(None, error, retries)
+            retries += 1
+        return Delivery(None, _final_error(attempt, self._options.retry_max_attempts), retries)
+
+    def _judge(self, attempt: Attempt, retries: int) -> Delivery | None:
+        """A final Delivery, or None when the attempt should be retried."""
+        if attempt.status == 200:
+            return Delivery(self._parse(attempt.content), None, retries)
+        if attempt.status in PERMANENT_STATUSES:
+            message = f"rejected with HTTP {attempt.status}: {_excerpt(attempt.content)}"
+            return Delivery(None, DeliveryError(message, REJECTED, attempt.status), retries)
+        return None
+
+    def _parse(self, content: bytes) -> BatchResponse:
+        try:
+            data = json.loads(content)
+            return _response_from(data)
+        except (ValueError, TypeError, AttributeError):
+            # The status is the authority: the server took the batch. A body we cannot
+            # read is logged, not retried (a resend would only duplicate receipts).
+            self._options.logger.warning(
+                "Klime answered 200 with an unreadable body: %s", _excerpt(content)
+            )
+            return BatchResponse(status="ok", accepted=0, failed=0)
+
+    # -- waiting between attempts ----------------------------------------------------
+
+    # -- waiting between attempts ----------------------------------------------------
+
+    def _delay(self, attempt_number: int, retry_after: str | None) -> float:
+        asked = parse_retry_after(retry_after)
+        if asked is not None:
+            return min(asked, MAX_RETRY_AFTER_S)
+        base = min(self._options.retry_initial_delay * 2.0 ** (attempt_number - 1), MAX_BACKOFF_S)
+        # "Equal jitter": workers that failed together do not retry together.
+        return base / 2 + random.uniform(0, base / 2)
+
+    def _sleep(self, delay: float, deadline: Deadline) -> bool:
+        """Wait ``delay``; False when the (possibly newly set) deadline would pass first.
+
+        Shutdown sets a deadline and then the interrupt, so a backoff that began before
+        shutdown wakes up, sees the deadline, and gives up instead of outliving it."""
+        end = time.monotonic() + delay
+        while True:
+            limit = deadline()
+            if limit is not None and end > limit:
+                return False
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                return True
+            if self._interrupt.wait(remaining):
+                self._interrupt.clear()
+
+
+def _attempt_timeout(options: Options, deadline: float | None) -> float:
+    timeout = options.timeout
+    if deadline is not None:
+        timeout = min(timeout, max(deadline - time.monotonic(), 0.001))
+    return timeout
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After as delta-seconds or an HTTP date (RFC 9110); None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        seconds = when.timestamp() - time.time()
+    if seconds != seconds:  # NaN
+        return None
+    return max(seconds, 0.0)
+
+
+def _response_from(data: Any) -> BatchResponse:
+    errors = data.get("errors") or None
+    return BatchResponse(
+        status=str(data.get("status", "ok")),
+        accepted=int(data.get("accepted", 0)),
+        failed=int(data.get("failed", 0)),
+        errors=[
+            ValidationError(
+                int(e.get("index", -1)), str(e.get("message", "")), str(e.get("code", ""))
+            )
+            for e in errors
+        ]
+        if errors
+        else None,
+    )
+
+
+def _final_error(attempt: Attempt, attempts: int) -> DeliveryError:
+    reason = attempt.error if attempt.error is not None else f"HTTP {attempt.status}"
+    message = f"failed after {attempts} attempts, last: {reason}"
+    return DeliveryError(message, RETRIES_EXHAUSTED, attempt.status)
+
+
+def _excerpt(content: bytes, limit: int = 200) -> str:
+    return content[:limit].decode("utf-8", "replace")
