@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Optional
@@ -47,6 +48,8 @@ class KlimeClient:
         shutdown_timeout: float = 5.0,
         send: bool = True,
         sync_mode: bool = False,
+        spool_dir: str | os.PathLike[str] | None = None,
+        spool_max_bytes: int | None = None,
     ) -> None:
         self._options = build_options(
             write_key,
@@ -64,6 +67,8 @@ class KlimeClient:
             shutdown_timeout=shutdown_timeout,
             send=send,
             sync_mode=sync_mode,
+            spool_dir=spool_dir,
+            spool_max_bytes=spool_max_bytes,
         )
         # partial, not a lambda over self: the registry must not keep the client alive.
         self._worker: ProcessLocal[Worker] = ProcessLocal(
@@ -120,17 +125,21 @@ class KlimeClient:
     # -- delivery control ---------------------------------------------------------------
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every event queued before this call is sent or failed for good.
+        """Wait until every event tracked before this call is sent, at most ``timeout``
+        seconds (10 s when None: an outage never holds the caller longer).
 
-        Returns True when that happened, False when ``timeout`` seconds passed first."""
+        True only when all of them were delivered and none was lost since the previous
+        flush() returned; False when any was lost (reported to ``on_error``) or is still
+        waiting (it stays queued, or on disk with a spool, and the sender carries on)."""
         worker = self._worker.peek()
         return True if worker is None else worker.flush(timeout)
 
     def shutdown(self) -> bool:
         """Send what is queued (within ``shutdown_timeout``) and stop, in this process.
 
-        Idempotent. Returns False when some events could not be sent in time; they are
-        reported to ``on_error`` and the log with their count."""
+        Idempotent. True when everything was delivered; False when some events could
+        not be: without a spool they are reported to ``on_error`` and the log with
+        their count, with one they stay on disk for the next process of this app."""
         delivered = self._worker.get().shutdown(self._options.shutdown_timeout)
         self._worker.release()
         return delivered
@@ -181,9 +190,11 @@ class KlimeClient:
         return self._worker.get().send_now(data)
 
 
-def _exit_flush(options: Options, worker: Worker) -> None:
-    if options.flush_on_shutdown:
-        worker.shutdown(options.shutdown_timeout)
+def _exit_flush(options: Options, worker: Worker, budget: float | None) -> None:
+    # Without flush_on_shutdown, nothing is sent at exit, but what is given up is still
+    # reported (a zero timeout); with a spool it stays on disk for the next process.
+    timeout = options.shutdown_timeout if options.flush_on_shutdown else 0.0
+    worker.shutdown(timeout if budget is None else min(timeout, budget))
 
 
 __all__ = ["KlimeClient", "SendError"]

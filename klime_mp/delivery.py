@@ -25,6 +25,7 @@ MAX_RETRY_AFTER_S = 60.0  # a server asking for longer is not obeyed beyond this
 PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 405, 410, 413, 414, 415, 422})
 
 Deadline = Callable[[], Optional[float]]
+_HOUSEKEEPING_S = 1.0  # a backoff wait wakes this often for ``while_waiting``
 
 
 @dataclass(frozen=True)
@@ -52,32 +53,61 @@ class DeliveryError(Exception):
 
 
 class Deliverer:
-    """Sends batches through one ``Transport`` until each is taken, refused, or out of
-    attempts. One per client per process, used by one sending thread at a time."""
+    """Sends batches through one ``Transport``; one per client per process, used by one
+    sending thread at a time.
 
-    def __init__(self, options: Options, transport: Transport, interrupt: threading.Event) -> None:
+    One outage, one backoff: the consecutive failures and the time of the next allowed
+    attempt belong to the process, not to a batch. When the server is down, the batch
+    after a failed one waits for the same backoff instead of starting a window of its
+    own, so an outage costs one probe at a time whatever the queue holds, and a
+    ``Retry-After`` pauses the whole client. ``retry_max_attempts`` keeps the official
+    meaning, attempts per batch: a batch is given up after that many failed attempts
+    of its own (without a spool; with one it waits on disk instead, ``durable``)."""
+
+    def __init__(
+        self,
+        options: Options,
+        transport: Transport,
+        interrupt: threading.Event,
+        *,
+        durable: bool = False,
+        while_waiting: Callable[[], None] = lambda: None,
+    ) -> None:
         self._options = options
         self._transport = transport
-        self._interrupt = interrupt  # set by shutdown: cut short any backoff sleep
+        self._interrupt = interrupt  # set by shutdown: cut short any backoff wait
+        self._durable = durable
+        # Housekeeping a long backoff must not hold up (the sender reports parked losses).
+        self._while_waiting = while_waiting
+        self._failures = 0  # consecutive failed attempts, whichever batch made them
+        self._resume_at = 0.0  # monotonic time before which no attempt is made
+
+    @property
+    def in_outage(self) -> bool:
+        """The last attempt failed: the server is down, failing or pausing us."""
+        return self._failures > 0
 
     def send(self, body: bytes, deadline: Deadline) -> Delivery:
-        """POST ``body`` until it is taken, fails for good, or ``deadline()`` passes."""
-        retries = 0
-        for attempt_number in range(1, self._options.retry_max_attempts + 1):
+        """POST ``body`` until it is taken, refused, out of attempts, or ``deadline()``
+        passes before the next attempt is due."""
+        attempts = 0
+        status: int | None = None
+        while True:
+            if not self._wait_turn(deadline):
+                error = DeliveryError("gave up: the shutdown deadline", SHUTDOWN_TIMEOUT, status)
+                return Delivery(None, error, max(attempts - 1, 0))
             attempt = self._transport.post(body, _attempt_timeout(self._options, deadline()))
-            delivery = self._judge(attempt, retries)
+            attempts += 1
+            status = attempt.status
+            delivery = self._judge(attempt, attempts - 1)
             if delivery is not None:
+                self._failures, self._resume_at = 0, 0.0
                 return delivery
-            if attempt_number == self._options.retry_max_attempts:
-                break
-            delay = self._delay(attempt_number, attempt.retry_after)
-            if not self._sleep(delay, deadline):
-                error = DeliveryError(
-                    "gave up: the shutdown deadline", SHUTDOWN_TIMEOUT, attempt.status
-                )
-                return Delivery(None, error, retries)
-            retries += 1
-        return Delivery(None, _final_error(attempt, self._options.retry_max_attempts), retries)
+            self._failures += 1
+            delay = self._delay(min(self._failures, 32), attempt.retry_after)
+            self._resume_at = time.monotonic() + delay
+            if attempts >= self._options.retry_max_attempts and not self._durable:
+                return Delivery(None, _final_error(attempt, attempts), attempts - 1)
 
     def _judge(self, attempt: Attempt, retries: int) -> Delivery | None:
         """A final Delivery, or None when the attempt should be retried."""
@@ -112,21 +142,22 @@ class Deliverer:
         # "Equal jitter": workers that failed together do not retry together.
         return base / 2 + random.uniform(0, base / 2)
 
-    def _sleep(self, delay: float, deadline: Deadline) -> bool:
-        """Wait ``delay``; False when the (possibly newly set) deadline would pass first.
+    def _wait_turn(self, deadline: Deadline) -> bool:
+        """Wait until the backoff allows the next attempt; False when the (possibly
+        newly set) deadline would pass first.
 
-        Shutdown sets a deadline and then the interrupt, so a backoff that began before
+        Shutdown sets a deadline and then the interrupt, so a wait that began before
         shutdown wakes up, sees the deadline, and gives up instead of outliving it."""
-        end = time.monotonic() + delay
         while True:
             limit = deadline()
-            if limit is not None and end > limit:
+            if limit is not None and self._resume_at > limit:
                 return False
-            remaining = end - time.monotonic()
+            remaining = self._resume_at - time.monotonic()
             if remaining <= 0:
                 return True
-            if self._interrupt.wait(remaining):
+            if self._interrupt.wait(min(remaining, _HOUSEKEEPING_S)):
                 self._interrupt.clear()
+            self._while_waiting()
 
 
 def _attempt_timeout(options: Options, deadline: float | None) -> float:

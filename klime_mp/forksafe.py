@@ -33,6 +33,7 @@ import multiprocessing.util
 import os
 import signal
 import threading
+import time
 import weakref
 from types import FrameType
 from typing import Any, Callable, Generic, Protocol, TypeVar, cast
@@ -85,7 +86,7 @@ class ProcessLocal(Generic[T]):
     def __init__(
         self,
         factory: Callable[[], T],
-        on_exit: Callable[[T], None],
+        on_exit: Callable[[T, float | None], None],
         *,
         exit_timeout: float = DEFAULT_EXIT_TIMEOUT_S,
     ) -> None:
@@ -148,13 +149,14 @@ class ProcessLocal(Generic[T]):
         if value is not None:
             self._inherited, self._state = value, _EMPTY
 
-    def _exit(self) -> None:
+    def _exit(self, deadline: float | None = None) -> None:
         state = self._state
         if state[0] != getpid():
             return
         self._state = _EMPTY  # a later call builds afresh and exits it itself
         _owned.discard(self)
-        self._on_exit(state[1])
+        budget = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        self._on_exit(state[1], budget)
 
 
 # pid 0 never matches getpid(), so the cast placeholder is never handed out.
@@ -183,12 +185,13 @@ def _after_fork_in_child() -> None:
         local._forget_after_fork()
 
 
-def _flush_at_exit() -> None:
+def _flush_at_exit(budget: float | None = None) -> None:
     global exit_flushed_pid, _exit_flush_running
     exit_flushed_pid = _exit_flush_running = getpid()
+    deadline = None if budget is None else time.monotonic() + budget
     try:
         for local in list(_live):
-            local._exit()  # each one flushes only what this process owns
+            local._exit(deadline)  # each one flushes only what this process owns
     finally:
         _exit_flush_running = 0
 
@@ -196,11 +199,15 @@ def _flush_at_exit() -> None:
 # -- for server integrations (klime_mp.gunicorn_conf, klime_mp.uwsgi, klime_mp.wsgi) --
 
 
-def exit_flush_now() -> None:
+def exit_flush_now(budget: float | None = None) -> None:
     """Run this process's exit flush now, for hosts whose dependable exit path is a
     hook of their own (Gunicorn's ``worker_exit``, uWSGI's ``uwsgi.atexit``). Each
-    value is flushed once: the ``atexit`` flush later finds nothing left."""
-    _flush_at_exit()
+    value is flushed once: the ``atexit`` flush later finds nothing left.
+
+    ``budget``: seconds the whole flush may take (the host kills the process after
+    it); each value's ``on_exit`` gets what is left of it, so what cannot be sent in
+    time is reported as lost before the kill instead of vanishing with the process."""
+    _flush_at_exit(budget)
 
 
 def owned_values() -> list[PerProcessState]:

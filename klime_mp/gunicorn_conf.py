@@ -47,6 +47,7 @@ _MIN_USEFUL_BUDGET_S = 1.0
 # After worker_abort the arbiter SIGKILLs on its next loop, about a second later.
 _ABORT_BUDGET_S = 0.5
 
+_REPORT_MARGIN_S = 0.5
 _DEFAULT_BUDGET_S = 15.0  # gunicorn's default graceful_timeout (30 s) times the share
 
 _budget_s = _DEFAULT_BUDGET_S
@@ -110,14 +111,16 @@ def _flush_within(budget: float) -> bool:
     ``shutdown_timeout`` is longer; if time runs out the worker carries on exiting
     (its ``atexit`` flush then finds the clients already shut down)."""
     flusher = _threading.Thread(
-        target=_forksafe.exit_flush_now, name="klime-exit-flush", daemon=True
+        target=_forksafe.exit_flush_now, args=(budget,), name="klime-exit-flush", daemon=True
     )
     try:
         flusher.start()
     except RuntimeError:  # no new threads at interpreter shutdown: flush from here
-        _forksafe.exit_flush_now()
+        _forksafe.exit_flush_now(budget)
         return True
-    flusher.join(budget)
+    # The flush keeps to the budget itself and reports what it could not send; the
+    # margin is for that report (on_error, the log) to finish before the worker exits.
+    flusher.join(budget + _REPORT_MARGIN_S)
     return not flusher.is_alive()
 
 

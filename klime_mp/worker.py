@@ -2,106 +2,113 @@
 
 A ``Worker`` belongs to exactly one process (``forksafe`` builds a new one in every
 child). ``enqueue`` is the only thing a caller's thread does: take a short lock, append
-bytes, maybe wake the sender. The lock is never held during network work, so a caller
-never waits on the network. Everything that touches the network happens in ``_drain``,
-under ``_send_lock``, in the sender thread (or, in sync mode and at exit when no thread
-can run, in the calling thread).
+the encoded event (to the spool's file first, when there is one), maybe wake the
+sender. The lock is never held during network work, so a caller never waits on the
+network. Everything that touches the network happens under ``_send_lock``, in the
+sender thread (or, in sync mode and at exit when no thread can run, in the calling
+thread). Where each event ends up is the ``Ledger``'s business.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from klime_mp.delivery import (
-    REJECTED,
-    RETRIES_EXHAUSTED,
-    SHUTDOWN_TIMEOUT,
-    Deliverer,
-    Delivery,
-    DeliveryError,
-)
+from klime_mp import recovery
+from klime_mp.delivery import REJECTED, SHUTDOWN_TIMEOUT, Deliverer, Delivery, DeliveryError
+from klime_mp.ledger import Ledger, LossReport, Stats, decode
+from klime_mp.memory_queue import MemoryQueue
 from klime_mp.options import Options
 from klime_mp.responses import BatchResponse, SendError
 from klime_mp.transport import Transport
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
 _BODY_OVERHEAD = len(b'{"batch":[]}')
-DROP_WARNING_INTERVAL_S = 1.0
+BATCH_BYTES = MAX_BODY_BYTES - _BODY_OVERHEAD
+# flush() without a timeout waits at most this long: an outage cannot hold a caller
+# (PostHog bounds its flush the same way). The events stay queued either way.
+FLUSH_TIMEOUT_S = 10.0
 
-# Loss reasons before sending, keys of ``Stats.dropped`` beside the transport's.
+# Loss reasons before sending, keys of ``Stats.dropped`` beside the delivery's.
 QUEUE_FULL = "queue_full"
 OVERSIZED = "oversized"
 AFTER_SHUTDOWN = "after_shutdown"
 
+__all__ = ["OVERSIZED", "Stats", "Worker"]
 
-@dataclass(frozen=True)
-class Stats:
-    """A consistent snapshot of one client's counters in the current process."""
 
-    enqueued: int = 0  # accepted by track/identify/group into the queue
-    sent: int = 0  # accepted by the server
-    failed: int = 0  # taken from the queue but not delivered (see ``dropped``)
-    retries: int = 0  # extra HTTP attempts
-    batches: int = 0  # batches the server took (HTTP 200)
-    queued: int = 0  # waiting now
-    dropped: dict[str, int] = field(default_factory=dict)  # every lost event, by reason
+class Source(Protocol):
+    """What the sender reads batches from: the memory queue, the spool's log, an orphan."""
+
+    def take(self, max_events: int, max_bytes: int) -> list[bytes]: ...
+    def acknowledge(self, count: int) -> None: ...
+    def rewind(self) -> None: ...
+    def pending(self) -> int: ...
 
 
 class Worker:
     def __init__(self, options: Options) -> None:
         self._options = options
-        self._log = options.logger
-        self._lock = threading.Lock()  # queue and counters; never held over I/O
+        self._lock = threading.Lock()  # queues and sequence numbers; never held over I/O
         self._progress = threading.Condition(self._lock)  # flush() waits here
-        self._queue: deque[bytes] = deque()
-        self._appended = 0  # sequence number of the newest queued event
-        self._finished = 0  # events taken from the queue and settled (sent or failed)
-        self._counts: dict[str, int] = {
-            "enqueued": 0,
-            "sent": 0,
-            "failed": 0,
-            "retries": 0,
-            "batches": 0,
-        }
-        self._dropped: dict[str, int] = {}
-        self._last_drop_warning = 0.0
+        self._ledger = Ledger(options)
+        self._memory = MemoryQueue()
+        self._spool = recovery.Spool.open(options, self._ledger)  # None without spool_dir
+        # Events accepted so far. Events settle in the order they were accepted (one
+        # sender, batches from the front), so the first N of them are settled exactly
+        # when no more than (accepted - N) are pending: flush() waits on that.
+        self._appended = 0
+        self._loss_mark = 0  # the ledger's loss count when flush() last returned
         self._closed = False
         self._flush_requests = 0  # flush() calls so far; the sender serves them in order
         self._deadline: float | None = None  # set by shutdown; bounds every send
         self._wake = threading.Event()
         self._interrupt = threading.Event()
         self._send_lock = threading.Lock()  # one sender at a time
-        # The batch being posted; whoever clears it settles it: the sender, or shutdown
-        # when the deadline passes first (see _give_up_in_flight).
+        # The batch being posted and where it came from; whoever clears it settles it:
+        # the sender, or shutdown when the deadline passes first (_give_up_in_flight).
         self._in_flight: list[bytes] | None = None
+        self._in_flight_source: Source | None = None
         self._thread: threading.Thread | None = None
         self._transport = Transport(options)
-        self._deliverer = Deliverer(options, self._transport, self._interrupt)
+        durable = self._spool is not None
+        self._deliverer = Deliverer(
+            options,
+            self._transport,
+            self._interrupt,
+            durable=durable,
+            while_waiting=self._ledger.report_parked,
+        )
+        self._released = False
 
-    # -- the caller's side: no I/O here -------------------------------------------
+    # -- the caller's side: no network here --------------------------------------------
 
     def enqueue(self, data: bytes) -> None:
         with self._lock:
             if self._closed:
                 reason: str | None = AFTER_SHUTDOWN
-            elif len(self._queue) >= self._options.max_queue_size:
+            elif not self._options.send or (self._spool is not None and self._spool.append(data)):
+                reason = None
+            elif self._memory.waiting() >= self._options.max_queue_size:
                 reason = QUEUE_FULL
             else:
                 reason = None
-                self._counts["enqueued"] += 1
+                self._memory.append(data)
+            if reason is None:
+                self._ledger.add("enqueued")
                 if self._options.send:
-                    self._queue.append(data)
                     self._appended += 1
-                size = len(self._queue)
-        if reason is not None:
-            self.count_drop(reason, 1)
+                waiting = self._waiting()
+        if reason == AFTER_SHUTDOWN:  # nobody will send again: report from here
+            error = LossReport("an event was tracked after shutdown()", reason, 1)
+            self._ledger.lost(reason, error, [data])
             return
-        if size >= self._options.max_batch_size:
+        if reason is not None:
+            self._ledger.park(reason, data)  # the sender reports it; track() stays cheap
+            self._wake.set()
+            return
+        if waiting >= self._options.max_batch_size:
             if self._options.sync_mode:
                 self._drain()  # documented cost of sync mode: the caller sends
             elif not self._wake.is_set():
@@ -109,84 +116,88 @@ class Worker:
         if not self._options.sync_mode and self._thread is None:
             self._start_thread()
 
-    def count_drop(self, reason: str, count: int, *, warn: bool = True) -> None:
-        """Count lost events; warn at most once a second, never once per event."""
-        now = time.monotonic()
-        with self._lock:
-            self._dropped[reason] = self._dropped.get(reason, 0) + count
-            total = self._dropped[reason]
-            warn = warn and now - self._last_drop_warning >= DROP_WARNING_INTERVAL_S
-            if warn:
-                self._last_drop_warning = now
-        if warn:
-            self._log.warning(
-                "Klime: dropping events (%s; %d so far in this process)", reason, total
-            )
-
     def refuse(self, reason: str, error: BaseException, events: list[dict[str, Any]]) -> None:
         """Events dropped before they reached the queue (oversized): count, log and
         report them, the caller's thread running ``on_error`` like the sender would."""
-        self.count_drop(reason, len(events))
-        self._log.error("Klime: event dropped: %s", error)
-        self._call("on_error", error, events)
+        self._ledger.report(reason, error, events, len(events))
 
     def size(self) -> int:
-        return len(self._queue)
+        with self._lock:
+            return self._pending()
 
     def stats(self) -> Stats:
         with self._lock:
-            return Stats(queued=len(self._queue), dropped=dict(self._dropped), **self._counts)
+            pending = self._pending()
+        return self._ledger.snapshot(pending)
 
-    # -- waiting for delivery -------------------------------------------------------
+    # -- waiting for delivery -----------------------------------------------------------
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every event queued before this call is settled; False on timeout."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        """Wait until every event accepted before this call is settled, at most
+        ``timeout`` seconds (``FLUSH_TIMEOUT_S`` when None).
+
+        True only when all of them were delivered and no event was lost since the
+        previous flush() returned; False when any was lost or is still waiting (it
+        stays queued: the sender carries on)."""
+        wait = FLUSH_TIMEOUT_S if timeout is None else timeout
+        deadline = time.monotonic() + wait
         with self._lock:
             target = self._appended
+            mark = self._loss_mark
         if self._sender_alive():
             with self._lock:
                 self._flush_requests += 1  # tells the sender to send partial batches too
             self._wake.set()
-            return self._wait_finished(target, deadline)
-        self._drain(deadline)  # no thread here (sync mode, exit): send from this thread
-        return self._finished >= target
+            settled = self._wait_finished(target, deadline)
+        else:
+            self._drain(deadline)  # no thread here (sync mode, exit): send from this thread
+            self._ledger.report_parked()
+            settled = self._settled(target)
+        with self._lock:
+            self._loss_mark = self._ledger.losses
+            return settled and self._ledger.losses == mark
 
     def shutdown(self, timeout: float) -> bool:
         """Send what is queued within ``timeout`` seconds, then stop. Idempotent.
 
-        True when everything queued was delivered; False when some events failed or
-        were given up at the deadline (those are reported to on_error and the log)."""
+        True when everything was delivered; False when some events were lost (they are
+        reported to on_error and the log) or, with a spool, are left on disk for the
+        next process of this app."""
         deadline = time.monotonic() + timeout
         with self._lock:
             if self._closed:
-                return not self._queue
+                return self._pending() == 0
             self._closed = True
             self._deadline = deadline
             target = self._appended
-            failed_before = self._counts["failed"]
+            mark = self._loss_mark
         self._wake.set()
-        self._interrupt.set()  # a backoff sleep re-checks the new deadline
+        self._interrupt.set()  # a backoff wait re-checks the new deadline
         thread = self._thread
         if thread is not None and thread.is_alive() and thread is not threading.current_thread():
             thread.join(max(deadline - time.monotonic(), 0))
-        if self._queue and self._send_lock.acquire(timeout=max(deadline - time.monotonic(), 0)):
+        if self._send_lock.acquire(timeout=max(deadline - time.monotonic(), 0)):
             try:  # the thread never ran (sync mode, interpreter exit) or died: send here
                 self._drain_locked(deadline)
+                self._recover(deadline)
             finally:
                 self._send_lock.release()
         self._give_up_in_flight()
         self._give_up_on_rest()
+        self._ledger.report_parked()
         if not (thread and thread.is_alive()):
-            self._transport.close()
-        return self._finished >= target and self._counts["failed"] == failed_before
+            self._release_resources()
+        with self._lock:
+            return self._settled(target) and self._ledger.losses == mark
 
     def abandon(self) -> None:
         """In a forked child: let go of the parent's worker without touching its
-        locks (they may be held forever) or its peer's connection state."""
+        locks (they may be held forever), its connection or its spool files."""
         self._transport.abandon()
+        if self._spool is not None:
+            self._spool.abandon()
 
-    # -- the sender's side ------------------------------------------------------------
+    # -- the sender's side ----------------------------------------------------------------
 
     def _start_thread(self) -> None:
         with self._lock:
@@ -198,7 +209,7 @@ class Worker:
         except RuntimeError:
             # "can't create new thread at interpreter shutdown" (3.12+): the exit flush
             # sends from the calling thread instead, so nothing is lost.
-            self._log.debug("Klime: sender thread not started; sending at exit instead")
+            self._options.logger.debug("Klime: sender thread not started; sending at exit")
 
     def _sender_alive(self) -> bool:
         thread = self._thread
@@ -212,10 +223,13 @@ class Worker:
         # interval falls due, so no event waits longer than flush_interval.
         interval = self._options.flush_interval
         due = time.monotonic() + interval
+        scan_due = time.monotonic()  # orphans of dead processes: at once, then now and then
         flushes_served = 0
         while True:
-            self._wake.wait(max(due - time.monotonic(), 0.0))
+            now = time.monotonic()
+            self._wake.wait(max(min(due, scan_due) - now, 0.0))
             self._wake.clear()
+            self._ledger.report_parked()
             flushes_asked = self._flush_requests
             if self._closed or flushes_asked != flushes_served or time.monotonic() >= due:
                 self._drain(self._deadline)
@@ -223,8 +237,18 @@ class Worker:
                 due = time.monotonic() + interval
             else:
                 self._drain(self._deadline, full_batches_only=True)
-            if self._closed and not self._queue:
-                return
+            if time.monotonic() >= scan_due:
+                with self._send_lock:
+                    self._recover(self._deadline)
+                scan_due = time.monotonic() + recovery.SCAN_INTERVAL_S
+            if self._closed and (self._waiting() == 0 or self._past_deadline()):
+                break
+        if self._closed:
+            self._release_resources()
+
+    def _past_deadline(self) -> bool:
+        deadline = self._deadline
+        return deadline is not None and time.monotonic() >= deadline
 
     def _drain(self, deadline: float | None = None, *, full_batches_only: bool = False) -> None:
         with self._send_lock:
@@ -234,42 +258,77 @@ class Worker:
         while True:
             if deadline is not None and time.monotonic() >= deadline:
                 return
-            if full_batches_only and len(self._queue) < self._options.max_batch_size:
+            source, batch = self._take_batch(full_batches_only)
+            if source is None:
                 return
-            batch = self._take_batch()
-            if not batch:
-                return
-            self._deliver(batch)
+            self._deliver(source, batch)
+            self._ledger.report_parked()
 
-    def _take_batch(self) -> list[bytes]:
-        budget = MAX_BODY_BYTES - _BODY_OVERHEAD
-        batch: list[bytes] = []
+    def _take_batch(self, full_batches_only: bool) -> tuple[Source | None, list[bytes]]:
+        """The next batch: the spool's events first, then memory's (a failed disk).
+
+        ``max_batch_size`` is the batch size of a client keeping up; once a backlog has
+        built up (more than one batch waiting), batches grow to ``backlog_batch_size``
+        (the API's 100 unless the user chose a batch size)."""
         with self._lock:
-            queue = self._queue
-            while queue and len(batch) < self._options.max_batch_size:
-                cost = len(queue[0]) + 1  # the comma
-                if cost > budget:
-                    break
-                budget -= cost
-                batch.append(queue.popleft())
-            if batch:
-                self._in_flight = batch  # with the pop: no moment when nobody owns it
-        return batch
+            waiting = self._waiting()
+            size = self._options.max_batch_size
+            if waiting < (size if full_batches_only else 1):
+                return None, []
+            if waiting > size:
+                size = self._options.backlog_batch_size
+            source: Source = self._memory
+            if self._spool is not None and self._spool.waiting() > 0:
+                source = self._spool
+            batch = source.take(size, BATCH_BYTES)
+            # with the take: no moment when nobody owns it
+            self._in_flight, self._in_flight_source = batch, source
+        return source, batch
 
-    def _deliver(self, batch: list[bytes]) -> None:
+    def _deliver(self, source: Source, batch: list[bytes]) -> None:
         delivery = self._post(batch)
         with self._lock:
             mine = self._in_flight is batch
-            self._in_flight = None
-        if not mine:
-            return  # shutdown gave it up at its deadline and reported it already
-        self._settle(len(batch), delivery)
-        if delivery.response is not None:
-            self._call("on_success", delivery.response)
-        else:
-            assert delivery.error is not None
-            self._call("on_error", delivery.error, decode(batch))
-        self._mark_finished(len(batch))
+            self._in_flight = self._in_flight_source = None
+            if not mine:
+                return  # shutdown gave it up at its deadline and reported it already
+            kept = delivery.response is None and self._keeps(source, delivery)
+            if kept:
+                source.rewind()  # on disk still: a later attempt or the next process
+            else:
+                source.acknowledge(len(batch))
+        if not kept:
+            self._settle(batch, delivery)
+        self._notify_progress()
+
+    def _keeps(self, source: Source, delivery: Delivery) -> bool:
+        """Events from the spool are lost only to a refusal; the rest waits on disk."""
+        reason = getattr(delivery.error, "reason", None)
+        return source is self._spool and reason != REJECTED
+
+    def _settle(self, batch: list[bytes], delivery: Delivery) -> None:
+        """Count and report the outcome of a batch taken from the queue."""
+        response = delivery.response
+        if response is None:
+            error = delivery.error
+            assert error is not None
+            reason = getattr(error, "reason", SHUTDOWN_TIMEOUT)
+            self._ledger.add("retries", delivery.retries)
+            self._ledger.lost(reason, error, batch, failed=True)
+            return
+        rejected = rejected_events(batch, response)
+        self._ledger.delivered(len(batch) - len(rejected), delivery.retries)
+        if rejected:
+            message = f"the server rejected {len(rejected)} of {len(batch)} events: "
+            error = DeliveryError(message + str(response.errors), REJECTED, 200)
+            self._ledger.lost(REJECTED, error, rejected)
+        self._ledger.call("on_success", response)
+
+    def _recover(self, deadline: float | None) -> None:
+        """Send what dead processes of this app left in the spool. Caller holds
+        _send_lock. Not during an outage: they wait on disk, as ours do."""
+        if self._spool is not None and not self._deliverer.in_outage:
+            self._spool.recover(self._post, self._settle, deadline)
 
     def send_now(self, data: bytes) -> BatchResponse:
         """Send one event from the calling thread (the ``*_sync`` methods); callbacks are
@@ -280,9 +339,11 @@ class Worker:
             return BatchResponse(status="not_sent", accepted=0, failed=0)
         with self._send_lock:
             delivery = self._post([data])
-            self._settle(1, delivery)
         if delivery.response is None:
+            reason = getattr(delivery.error, "reason", SHUTDOWN_TIMEOUT)
+            self._ledger.count_failed(reason, 1, delivery.retries)
             raise SendError(str(delivery.error), decode([data]))
+        self._ledger.delivered(1 - min(max(delivery.response.failed, 0), 1), delivery.retries)
         return delivery.response
 
     def _post(self, batch: list[bytes]) -> Delivery:
@@ -291,95 +352,89 @@ class Worker:
         try:
             return self._deliverer.send(body, self._current_deadline)
         except Exception as exc:  # a bug or an exotic failure must not kill the thread
-            self._log.exception("Klime: unexpected error while sending a batch")
+            self._options.logger.exception("Klime: unexpected error while sending a batch")
             return Delivery(None, exc, 0)
-
-    def _settle(self, count: int, delivery: Delivery) -> None:
-        """Count the outcome of a batch of ``count`` events; log a failure."""
-        if delivery.response is not None:
-            self._count_delivered(count, delivery.response, delivery.retries)
-        else:
-            assert delivery.error is not None
-            reason = getattr(delivery.error, "reason", RETRIES_EXHAUSTED)
-            self._count_failed(count, reason, delivery.retries)
-            self._log.error(
-                "Klime: %d events not delivered (%s): %s", count, reason, delivery.error
-            )
 
     def _current_deadline(self) -> float | None:
         return self._deadline
 
-    def _count_delivered(self, count: int, response: BatchResponse, retries: int) -> None:
-        rejected = min(max(response.failed, 0), count)
-        with self._lock:
-            self._counts["sent"] += count - rejected
-            self._counts["batches"] += 1
-            self._counts["retries"] += retries
-        if rejected:
-            self.count_drop(REJECTED, rejected)
-            self._log.warning(
-                "Klime: server rejected %d of %d events: %s", rejected, count, response.errors
-            )
-
-    def _count_failed(self, count: int, reason: str, retries: int) -> None:
-        with self._lock:
-            self._counts["failed"] += count
-            self._counts["retries"] += retries
-        self.count_drop(reason, count, warn=False)  # the caller logs each failed batch
+    # -- the end: what shutdown could not send --------------------------------------------
 
     def _give_up_in_flight(self) -> None:
-        """After the shutdown deadline: report the batch the sender is still posting.
+        """After the shutdown deadline (no spool): report the batch still being posted.
 
         An HTTP attempt that began before shutdown() has the client's full ``timeout``,
         not the deadline, and cannot be cut short; the process may exit right after
         shutdown() returns and take the sender with it, so the batch is reported here
         and the sender drops its late outcome. The server may still have stored it."""
         with self._lock:
-            batch, self._in_flight = self._in_flight, None
+            batch = self._in_flight if self._in_flight_source is self._memory else None
+            if batch:
+                self._in_flight = self._in_flight_source = None
+                self._memory.acknowledge(len(batch))
         if batch:
-            self._report_given_up(
-                batch, f"{len(batch)} events in flight at the shutdown deadline (may have arrived)"
-            )
+            message = f"{len(batch)} events in flight at the shutdown deadline (may have arrived)"
+            self._give_up(batch, message)
 
     def _give_up_on_rest(self) -> None:
-        """After the shutdown deadline: report what is still queued, with its count."""
+        """After the shutdown deadline (no spool): report what is still queued."""
         with self._lock:
-            rest = list(self._queue)
-            self._queue.clear()
+            rest = self._memory.clear() if self._in_flight_source is not self._memory else []
         if rest:
-            self._report_given_up(rest, f"{len(rest)} events not sent before the shutdown deadline")
+            self._give_up(rest, f"{len(rest)} events not sent before the shutdown deadline")
 
-    def _report_given_up(self, batch: list[bytes], message: str) -> None:
-        self._count_failed(len(batch), SHUTDOWN_TIMEOUT, 0)
-        self._log.error("Klime: %s", message)
-        self._call("on_error", DeliveryError(message, SHUTDOWN_TIMEOUT), decode(batch))
-        self._mark_finished(len(batch))
+    def _give_up(self, batch: list[bytes], message: str) -> None:
+        error = DeliveryError(message, SHUTDOWN_TIMEOUT)
+        self._ledger.lost(SHUTDOWN_TIMEOUT, error, batch, failed=True)
+        self._notify_progress()
 
-    def _mark_finished(self, count: int) -> None:
-        """Events left the queue for good (sent or failed): wake flush() waiters."""
+    def _release_resources(self) -> None:
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        self._transport.close()
+        if self._spool is not None:
+            self._spool.close()
+
+    # -- bookkeeping ----------------------------------------------------------------------
+
+    def _waiting(self) -> int:
+        """Events not yet taken for sending. Caller holds _lock."""
+        spooled = self._spool.waiting() if self._spool is not None else 0
+        return self._memory.waiting() + spooled
+
+    def _pending(self) -> int:
+        """Events accepted and not yet settled. Caller holds _lock."""
+        spooled = self._spool.pending() if self._spool is not None else 0
+        return self._memory.pending() + spooled
+
+    def _settled(self, target: int) -> bool:
+        """The first ``target`` accepted events are all settled. Caller holds _lock."""
+        return self._pending() <= self._appended - target
+
+    def _notify_progress(self) -> None:
+        """Events settled (sent, reported lost or kept on disk): wake flush() waiters."""
         with self._progress:
-            self._finished += count
             self._progress.notify_all()
 
-    def _wait_finished(self, target: int, deadline: float | None) -> bool:
+    def _wait_finished(self, target: int, deadline: float) -> bool:
         with self._progress:
-            while self._finished < target:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
+            while not self._settled(target):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
                     return False
                 self._progress.wait(remaining)
         return True
 
-    def _call(self, name: str, *args: Any) -> None:
-        callback = getattr(self._options, name)
-        if callback is None:
-            return
-        try:
-            callback(*args)
-        except Exception:  # a user's callback must never kill the sender
-            self._log.exception("Klime: %s callback raised", name)
 
-
-def decode(batch: list[bytes]) -> list[dict[str, Any]]:
-    """The events of a batch as dicts, for on_error and SendError (the slow path only)."""
-    return [json.loads(item) for item in batch]
+def rejected_events(batch: list[bytes], response: BatchResponse) -> list[bytes]:
+    """The events of a delivered batch that the server refused one by one (by the
+    indices of its errors; when it gives a count without indices, the last ones)."""
+    failed = min(max(response.failed, 0), len(batch))
+    if not failed:
+        return []
+    indices = sorted({e.index for e in response.errors or () if 0 <= e.index < len(batch)})
+    if len(indices) != failed:
+        indices = list(range(len(batch) - failed, len(batch)))
+    return [batch[i] for i in indices]

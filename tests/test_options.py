@@ -20,7 +20,11 @@ def test_defaults_match_the_official_sdk() -> None:
     assert options.endpoint == "https://i.klime.com"
     assert options.flush_interval == 2.0
     assert options.max_batch_size == 20
-    assert options.max_queue_size == 1000
+    # Ours on purpose: Segment's and PostHog's 10,000, not the official 1,000, which
+    # lost 94 % of a 20,000-event burst (tests/test_outage.py).
+    assert options.max_queue_size == 10_000
+    assert options.backlog_batch_size == 100  # the default batch size grows under a backlog
+    assert options.spool_dir is None  # the spool is opt-in
     assert options.retry_max_attempts == 5
     assert options.retry_initial_delay == 1.0
     assert options.flush_on_shutdown is True
@@ -115,3 +119,30 @@ def test_plain_http_to_another_machine_is_warned_about(
     messages = [r.getMessage() for r in caplog.records]
     assert any("plain http" in m for m in messages) == warned
     assert not any("sk_secret" in m for m in messages)
+
+
+def test_a_chosen_batch_size_is_a_hard_cap_even_under_a_backlog() -> None:
+    assert make(max_batch_size=20).options.backlog_batch_size == 20
+
+
+def test_spool_dir_comes_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    monkeypatch.setenv("KLIME_SPOOL_DIR", str(tmp_path))
+    assert make().options.spool_dir == str(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"spool_dir": 42}, TypeError, "spool_dir must be a path"),
+        ({"spool_dir": "  "}, ValueError, "spool_dir must be a non-empty path"),
+        ({"spool_max_bytes": 1000}, ValueError, "spool_max_bytes must be at least"),
+        ({"spool_max_bytes": 2.5}, TypeError, "spool_max_bytes must be an int"),
+    ],
+)
+def test_bad_spool_options_are_refused_by_name(
+    options: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        make(**options)

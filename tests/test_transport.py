@@ -74,7 +74,7 @@ def test_permanent_errors_are_not_retried(server: ScriptedServer, status: int) -
     client = reports.client(server.url)
     client.track("A", user_id="u")
     client.identify("u")
-    assert client.flush(10)
+    assert client.flush(10) is False
     assert len(server.received) == 1
     ((error, events),) = reports.errors
     assert f"HTTP {status}" in str(error) and len(events) == 2
@@ -86,7 +86,7 @@ def test_retries_stop_after_retry_max_attempts(server: ScriptedServer) -> None:
     reports = Reports()
     client = reports.client(server.url, retry_max_attempts=3)
     client.track("A", user_id="u")
-    assert client.flush(10)
+    assert client.flush(10) is False
     assert len(server.received) == 3
     assert "failed after 3 attempts, last: HTTP 500" in str(reports.errors[0][0])
     assert client.stats().dropped == {"retries_exhausted": 1}
@@ -103,7 +103,7 @@ def test_connection_refused_is_retried_then_reported() -> None:
     reports = Reports()
     client = reports.client(f"http://127.0.0.1:{free_port()}", retry_max_attempts=2)
     client.track("A", user_id="u")
-    assert client.flush(10)
+    assert client.flush(10) is False
     assert client.stats().retries == 1
     message = str(reports.errors[0][0])
     assert "failed after 2 attempts" in message and "ConnectionRefusedError" in message
@@ -126,10 +126,12 @@ def test_partial_failure_counts_rejected_events(server: ScriptedServer) -> None:
     client = reports.client(server.url)
     client.track("A", user_id="u")
     client.track("B", user_id="u")
-    assert client.flush(10)
+    assert client.flush(10) is False  # one of the two was refused
     response = reports.successes[0]
     assert (response.accepted, response.failed, response.errors[0].code) == (1, 1, "x")
     assert client.stats().sent == 1 and client.stats().dropped == {"rejected": 1}
+    ((error, events),) = reports.errors  # the refused event itself reaches on_error
+    assert [e["event"] for e in events] == ["B"] and "rejected 1 of 2" in str(error)
 
 
 def test_unreadable_200_is_not_resent(server: ScriptedServer) -> None:

@@ -30,9 +30,12 @@ def main() -> None:
 
     def on_error(error: BaseException, events: list[dict[str, Any]]) -> None:
         reported["calls"] += 1
-        reported["events"] += len(events)
+        reported["events"] += getattr(error, "count", len(events))  # a long overflow
 
-    client = KlimeClient("soak-key", endpoint, on_error=on_error, shutdown_timeout=1.0)
+    # The official SDK's queue size: the cap is what this soak watches, reached in a second.
+    client = KlimeClient(
+        "soak-key", endpoint, on_error=on_error, shutdown_timeout=1.0, max_queue_size=1000
+    )
     per_tick = max(1, round(rate * TICK_S))
     samples: list[dict[str, float]] = []
     tracked = 0
