@@ -24,9 +24,10 @@ DEFAULT_RETRY_INITIAL_DELAY_MS = 1000
 DEFAULT_TIMEOUT_S = 10.0  # the official SDK's urlopen timeout
 DEFAULT_SHUTDOWN_TIMEOUT_S = 5.0
 
-# The spool (opt-in): a size limit per app directory. At ~300 bytes an event, 128 MiB
-# holds ~400,000 events: a three-hour outage at 40 events/s, on any disk worth using.
-DEFAULT_SPOOL_MAX_BYTES = 128 * 1024 * 1024
+# The spool (opt-in): a size limit per app directory. At ~300 bytes an event, 256 MiB
+# holds ~900,000 events: six hours of an outage at 40 events/s, small next to any disk
+# a server writes logs to.
+DEFAULT_SPOOL_MAX_BYTES = 256 * 1024 * 1024
 MIN_SPOOL_MAX_BYTES = 1024 * 1024
 
 # Protocol limits.
