@@ -10,13 +10,16 @@ from __future__ import annotations
 from klime_mp._version import __version__
 from klime_mp.client import KlimeClient
 from klime_mp.default import configure, flush, get_client, group, identify, shutdown, track
+from klime_mp.delivery import DeliveryError
+from klime_mp.ledger import LossReport, Stats
 from klime_mp.responses import BatchResponse, EventTooLargeError, SendError, ValidationError
-from klime_mp.worker import Stats
 
 __all__ = [
     "BatchResponse",
+    "DeliveryError",
     "EventTooLargeError",
     "KlimeClient",
+    "LossReport",
     "SendError",
     "Stats",
     "ValidationError",
