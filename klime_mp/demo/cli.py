@@ -96,7 +96,7 @@ def _run_one(
         started = time.monotonic()
         try:
             server.start()
-            workers = server.worker_pids()
+            workers = server.wait_for_workers(args.workers)
             print(f"  serving the example app at {server.url}; sending {total} requests")
             load = drive(server.url, total, args.concurrency, Progress(total))
             workers |= server.worker_pids()  # a worker replaced meanwhile is listed too

@@ -24,6 +24,7 @@ START_ATTEMPTS = 3  # a free port can be taken between our probe and the server'
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 40.0  # above gunicorn's default graceful_timeout (30 s)
 FIFO_RETRY_S = 5.0
+WORKERS_TIMEOUT_S = 15.0
 
 
 class DemoError(Exception):
@@ -130,6 +131,17 @@ class ServerProcess:
     def worker_pids(self) -> set[int]:
         """The master's worker processes now (call it while the server runs)."""
         return child_pids(self.pid) if self.running() else set()
+
+    def wait_for_workers(self, count: int, timeout: float = WORKERS_TIMEOUT_S) -> set[int]:
+        """The worker PIDs once ``count`` exist (or at ``timeout``). A master answers as
+        soon as its first worker serves; the others are forked over the next moments,
+        and a short load would otherwise finish before the last one exists."""
+        deadline = time.monotonic() + timeout
+        while (found := self.worker_pids()) and len(found) < count:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        return found
 
     def signal(self, signum: int) -> None:
         """Send ``signum`` to the master only, as an operator would."""
