@@ -136,3 +136,28 @@ def test_bad_options_are_refused_before_anything_starts(
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert "must be a positive integer" in error or "at most 100000" in error
+
+
+def help_text(*command: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "klime_mp", *command, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_help_describes_each_command_in_plain_text() -> None:
+    main_help = help_text()
+    assert "``" not in main_help  # no raw reST
+    assert "collector" in main_help and "demo" in main_help
+    collector_help = help_text("collector")
+    for endpoint in ("POST /v1/batch", "GET  /v1/stats", "GET  /v1/events"):
+        assert endpoint in collector_help
+    assert "fractions from 0 to 1" in collector_help
+    assert "./klime-collector.sqlite3" in collector_help  # where events go without --db
+    demo_help = help_text("demo")
+    assert "delivered, lost and duplicated" in demo_help
+    assert "{gunicorn,uwsgi" in demo_help
