@@ -5,6 +5,7 @@ the package, so nothing may depend on the source tree."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -13,6 +14,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+CLEAN_COPY = shutil.ignore_patterns(
+    ".git", ".venv*", ".tox", "*cache*", "build", "dist", "*.egg-info", "*.sqlite3*"
+)
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(600)]
 
@@ -35,8 +39,12 @@ def run(argv: list[str | Path], cwd: Path, timeout: float) -> str:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # From a clean copy, as CI's fresh clone: a build/ or egg-info left in a developer's
+    # checkout would smuggle files into the wheel that package data forgot.
+    source = tmp_path_factory.mktemp("source") / "klime_mp"
+    shutil.copytree(ROOT, source, symlinks=True, ignore=CLEAN_COPY)
     out = tmp_path_factory.mktemp("wheel")
-    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", out, ROOT]
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", out, source]
     run(pip_wheel, out, timeout=300)
     (built,) = out.glob("klime_mp-*.whl")
     return built
