@@ -7,16 +7,30 @@ import sys
 
 from klime_mp._version import __version__
 
+DESCRIPTION = """\
+klime_mp command-line tools: a local Klime-compatible collector to send events to
+during development and tests, and a demo that shows every event arriving exactly once
+from a server with forked workers.
+
+Run 'klime-mp COMMAND --help' for a command's options."""
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="klime-mp", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="klime-mp",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"klime_mp {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     from klime_mp.collector import cli as collector_cli
 
     collector = commands.add_parser(
-        "collector", help="run a local Klime-compatible collector (HTTP + SQLite)"
+        "collector",
+        help="run a local Klime-compatible collector (HTTP + SQLite)",
+        description=collector_cli.DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     collector_cli.add_arguments(collector)
     collector.set_defaults(run=collector_cli.run)
@@ -24,7 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     from klime_mp import demo  # imports gunicorn only when the demo runs
 
     demo_parser = commands.add_parser(
-        "demo", help="serve the example app under gunicorn and count what arrives"
+        "demo",
+        help="serve an example app under Gunicorn or uWSGI and count what arrives",
+        description=demo.DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_arguments(demo_parser)
     demo_parser.set_defaults(run=demo.run)

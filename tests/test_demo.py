@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from klime_mp.__main__ import main
-from klime_mp.demo import LoadResult, Progress, Tally, planned_request, report
+from klime_mp.demo import LoadResult, Progress, Tally, launchers, planned_request, report
 
 pytestmark = pytest.mark.server
 
@@ -36,7 +36,9 @@ def test_demo_runs_end_to_end_and_exits_0() -> None:
     out = result.stdout
     assert "4 Gunicorn (--preload) workers" in out
     assert "requests sent     60 (60 ok, 0 failed)" in out
+    assert "events lost       0" in out
     assert "duplicates        0" in out
+    assert "(4 workers)" in out  # every worker has a row, even one that served nothing
     assert "OK: every tracked event arrived exactly once." in out
     assert "60/60 requests" in result.stderr  # the progress bar, on stderr
 
@@ -45,11 +47,18 @@ def test_demo_runs_end_to_end_and_exits_0() -> None:
     not Path(sys.executable).with_name("uwsgi").is_file() and shutil.which("uwsgi") is None,
     reason="uWSGI is not installed",
 )
-def test_demo_runs_under_uwsgi() -> None:
-    result = run_demo("--requests", "40", "--workers", "2", "--uwsgi")
+def test_demo_runs_each_server_in_turn_and_sums_them_up() -> None:
+    pytest.importorskip("gunicorn")
+    result = run_demo("--requests", "40", "--workers", "2", "--server", "gunicorn", "--uwsgi")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 uWSGI workers" in result.stdout
-    assert "OK: every tracked event arrived exactly once." in result.stdout
+    out = result.stdout
+    assert "2 Gunicorn (--preload) workers" in out
+    assert "2 uWSGI workers" in out
+    assert out.count("OK: every tracked event arrived exactly once.") == 2
+    table = out.split("server        expected", 1)[1].splitlines()
+    # 40 requests: 4 users sign in (2 events), join (2), then 32 reports (1): 48 events
+    assert table[1].split() == ["gunicorn", "48", "48", "0", "0"]
+    assert table[2].split() == ["uwsgi", "48", "48", "0", "0"]
 
 
 def test_demo_module_imports_without_gunicorn() -> None:
@@ -73,6 +82,24 @@ def test_report_fails_when_an_event_is_missing() -> None:
     assert report(load, got, 1.0, out) is False
     assert "FAIL: events were LOST or DUPLICATED." in out.getvalue()
     assert "<- mismatch" in out.getvalue()
+
+
+def test_report_lists_every_worker_and_counts_the_lost() -> None:
+    load = LoadResult(sent=3, ok=3, events_expected=3, requests_by_pid=Counter({10: 3}))
+    got = Tally(stored=2, duplicates=0, connections=1, batches=1, track_by_pid=Counter({10: 2}))
+    out = io.StringIO()
+    assert report(load, got, 1.0, out, workers={10, 11, 12}) is False
+    text = out.getvalue()
+    assert "events lost       1" in text
+    assert "(3 workers)" in text
+    assert "    11                     0             0" in text  # served nothing: a zero row
+
+
+def test_servers_are_found_by_module_name() -> None:
+    assert {"gunicorn", "uwsgi"} <= set(launchers.names())
+    assert launchers.load("gunicorn").title == "Gunicorn (--preload)"
+    with pytest.raises(ValueError, match="server must be one of"):
+        launchers.load("nginx")
 
 
 def test_report_fails_on_duplicates() -> None:
@@ -109,3 +136,28 @@ def test_bad_options_are_refused_before_anything_starts(
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert "must be a positive integer" in error or "at most 100000" in error
+
+
+def help_text(*command: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "klime_mp", *command, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_help_describes_each_command_in_plain_text() -> None:
+    main_help = help_text()
+    assert "``" not in main_help  # no raw reST
+    assert "collector" in main_help and "demo" in main_help
+    collector_help = help_text("collector")
+    for endpoint in ("POST /v1/batch", "GET  /v1/stats", "GET  /v1/events"):
+        assert endpoint in collector_help
+    assert "fractions from 0 to 1" in collector_help
+    assert "./klime-collector.sqlite3" in collector_help  # where events go without --db
+    demo_help = help_text("demo")
+    assert "delivered, lost and duplicated" in demo_help
+    assert "{gunicorn,uwsgi" in demo_help

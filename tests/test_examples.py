@@ -1,21 +1,34 @@
-"""The examples in the README run as documented."""
+"""The examples run as documented: the quick start, and the Django and Flask apps under
+real Gunicorn with several workers, each event counted at a real collector."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import urllib.request
+from collections import Counter
+from http.cookiejar import CookieJar
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from klime_mp.demo import HOST, ServerProcess, gunicorn_settings
 from tests.conftest import CollectorProcess
 
 ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+WORKERS = 3
+USERS = 6
+REPORTS_PER_USER = 3
 
 
 def test_quickstart_delivers_its_events(collector_process: CollectorProcess) -> None:
     env = {**os.environ, "KLIME_WRITE_KEY": "dev", "KLIME_ENDPOINT": collector_process.url}
     result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "quickstart.py")],
+        [sys.executable, str(EXAMPLES / "quickstart.py")],
         env=env,
         capture_output=True,
         text=True,
@@ -26,3 +39,96 @@ def test_quickstart_delivers_its_events(collector_process: CollectorProcess) -> 
     assert collector_process.stats()["stored"] == 5
     types = [event["type"] for event in collector_process.events()]
     assert types == ["identify", "group", "track", "track", "track"]
+
+
+class Browser:
+    """One user's session: cookies kept between requests, no proxies."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        handlers = (
+            urllib.request.ProxyHandler({}),
+            urllib.request.HTTPCookieProcessor(CookieJar()),
+        )
+        self._opener = urllib.request.build_opener(*handlers)
+
+    def post(self, path: str, body: dict[str, Any]) -> int:
+        data = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        req = urllib.request.Request(self._url + path, data, headers, method="POST")
+        with self._opener.open(req, timeout=30) as reply:
+            reply.read()
+            status: int = reply.status
+        return status
+
+
+def gunicorn(example: str, app: str, *options: str, tmp_path: Path, endpoint: str) -> ServerProcess:
+    extra = ["--no-control-socket"] if "control_socket_disable" in gunicorn_settings() else []
+
+    def argv(port: int) -> list[str]:
+        return [
+            sys.executable, "-m", "gunicorn", "-c", "python:klime_mp.gunicorn_conf",
+            "--bind", f"{HOST}:{port}", "--workers", str(WORKERS),
+            "--chdir", str(EXAMPLES / example), *extra, *options, app,
+        ]  # fmt: skip
+
+    env = {**os.environ, "KLIME_WRITE_KEY": "dev", "KLIME_ENDPOINT": endpoint}
+    return ServerProcess(argv, env, tmp_path / f"{example}.log")
+
+
+def use_the_app(url: str) -> None:
+    """Each user signs in, joins an organisation, creates reports."""
+    for user in range(USERS):
+        browser = Browser(url)
+        user_id = f"usr_{user}"
+        login = {"user_id": user_id, "email": f"user{user}@example.com", "name": f"User {user}"}
+        assert browser.post("/login", login) == 200
+        assert browser.post(f"/orgs/org_{user % 2}/join", {"org_name": f"Org {user % 2}"}) == 200
+        for report in range(REPORTS_PER_USER):
+            assert browser.post("/reports", {"report_type": f"type_{report}"}) == 201
+
+
+@pytest.mark.server
+@pytest.mark.parametrize(
+    ("example", "app", "options"),
+    [
+        ("django_app", "klime_site.wsgi", ()),  # ready() runs in each worker
+        ("flask_app", "app:create_app()", ("--preload",)),  # the factory runs in the master
+    ],
+)
+def test_framework_example_delivers_every_event_once(
+    example: str,
+    app: str,
+    options: tuple[str, ...],
+    collector_process: CollectorProcess,
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip(example.split("_")[0])  # django / flask
+    server = gunicorn(example, app, *options, tmp_path=tmp_path, endpoint=collector_process.url)
+    try:
+        server.start()
+        assert len(server.wait_for_workers(WORKERS)) == WORKERS
+        use_the_app(server.url)
+        status = server.stop()  # SIGTERM: every worker sends what it still holds
+    finally:
+        server.kill()
+    assert status == 0, server.log_tail()
+
+    # Per user: identify + Signed In, group + Organization Joined, 3 Report Generated.
+    expected = USERS * (2 + 2 + REPORTS_PER_USER)
+    assert collector_process.wait_for(expected, timeout=20), collector_process.stats()
+    stats = collector_process.stats()
+    assert (stats["stored"], stats["duplicates"]) == (expected, 0)
+    events = collector_process.events()
+    kinds = Counter(event.get("event", event["type"]) for event in events)
+    assert kinds == {
+        "identify": USERS,
+        "group": USERS,
+        "Signed In": USERS,
+        "Organization Joined": USERS,
+        "Report Generated": USERS * REPORTS_PER_USER,
+    }
+    reports = [event for event in events if event.get("event") == "Report Generated"]
+    assert {(event["userId"], event["groupId"]) for event in reports} == {
+        (f"usr_{user}", f"org_{user % 2}") for user in range(USERS)
+    }

@@ -18,6 +18,18 @@ from .service import Collector
 
 DEFAULT_PORT = 8800
 DEFAULT_DB = "klime-collector.sqlite3"
+DESCRIPTION = f"""\
+Run a local Klime-compatible collector for development and tests: point a client at
+it with KLIME_ENDPOINT=http://HOST:PORT. Received events are stored in SQLite,
+de-duplicated by messageId. Stop it with Ctrl-C or SIGTERM.
+
+Endpoints:
+  POST /v1/batch                      the Klime ingestion API (Bearer write key)
+  GET  /v1/stats                      counters: requests, connections, stored, duplicates
+  GET  /v1/events?limit=N&after=ROWID stored events, oldest first
+
+Without --db, events go to ./{DEFAULT_DB} (created if missing).
+Fault rates are fractions from 0 to 1 (0.2 = one batch in five)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--db",
         default=DEFAULT_DB,
+        metavar="PATH",
         help="SQLite file for received events, or :memory: (default: %(default)s)",
     )
     parser.add_argument(
@@ -43,15 +56,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY",
         help="accepted write key; repeatable; without it any Bearer key is accepted",
     )
-    faults = parser.add_argument_group("fault injection (POST /v1/batch only)")
+    faults = parser.add_argument_group(
+        "fault injection (POST /v1/batch only; rates are fractions 0-1)"
+    )
     faults.add_argument("--seed", type=int, default=0, help="seed of the fault decisions")
     faults.add_argument(
-        "--error-rate", type=float, default=0.0, help="share answered --error-status"
+        "--error-rate",
+        type=float,
+        metavar="FRACTION",
+        default=0.0,
+        help="fraction 0-1 answered --error-status",
     )
     faults.add_argument(
         "--error-status", type=int, default=503, help="status of those (default: %(default)s)"
     )
-    faults.add_argument("--rate-limit-rate", type=float, default=0.0, help="share answered 429")
+    faults.add_argument(
+        "--rate-limit-rate",
+        type=float,
+        metavar="FRACTION",
+        default=0.0,
+        help="fraction 0-1 answered 429",
+    )
     faults.add_argument("--retry-after", default="1", help="Retry-After value sent with 429")
     faults.add_argument(
         "--retry-after-date",
@@ -59,20 +84,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="send Retry-After as the HTTP date --retry-after seconds ahead",
     )
     faults.add_argument(
-        "--drop-rate", type=float, default=0.0, help="share closed unanswered, nothing stored"
+        "--drop-rate",
+        type=float,
+        metavar="FRACTION",
+        default=0.0,
+        help="fraction 0-1 closed unanswered, nothing stored",
     )
     faults.add_argument(
         "--drop-after-store-rate",
         type=float,
+        metavar="FRACTION",
         default=0.0,
-        help="share stored, then closed unanswered",
+        help="fraction 0-1 stored, then closed unanswered",
     )
     faults.add_argument(
-        "--garbage-rate", type=float, default=0.0, help="share stored, answered 200 non-JSON"
+        "--garbage-rate",
+        type=float,
+        metavar="FRACTION",
+        default=0.0,
+        help="fraction 0-1 stored, answered 200 non-JSON",
     )
-    faults.add_argument("--delay", type=float, default=0.0, help="seconds to wait per batch")
     faults.add_argument(
-        "--delay-rate", type=float, default=1.0, help="share of batches delayed (default: all)"
+        "--delay", type=float, default=0.0, metavar="SECONDS", help="seconds to wait per batch"
+    )
+    faults.add_argument(
+        "--delay-rate",
+        type=float,
+        metavar="FRACTION",
+        default=1.0,
+        help="fraction 0-1 of batches delayed (default: 1, all)",
     )
 
 
@@ -118,7 +158,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="klime-mp collector", description="Run a local Klime-compatible collector."
+        prog="klime-mp collector",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(parser)
     return run(parser.parse_args(argv))

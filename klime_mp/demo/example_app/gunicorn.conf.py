@@ -6,6 +6,7 @@ enough (see docs/servers.md).
 """
 
 import os
+from typing import Any
 
 from klime_mp import gunicorn_conf as klime
 
@@ -15,12 +16,12 @@ preload_app = True  # the app (and klime_mp.configure()) loads once, in the mast
 graceful_timeout = 30  # klime_mp sends at exit within half of this
 
 
-def post_fork(server, worker):
+def post_fork(server: Any, worker: Any) -> None:
     klime.post_fork(server, worker)
     # ... your own post_fork work goes here
 
 
-def worker_exit(server, worker):
+def worker_exit(server: Any, worker: Any) -> None:
     # ... your own cleanup first, if it may track events
     klime.worker_exit(server, worker)
 

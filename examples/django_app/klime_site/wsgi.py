@@ -1,0 +1,8 @@
+"""The WSGI entry point Gunicorn serves: ``klime_site.wsgi``."""
+
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "klime_site.settings")
+application = get_wsgi_application()

@@ -1,0 +1,143 @@
+"""The ``klime-mp demo`` command: its options, and one run per ``--server``: a fresh
+local collector, the server, the load, a graceful stop, the report."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from klime_mp.collector import Collector
+
+from . import launchers
+from .load import Progress, drive
+from .report import Outcome, outcome_of, report, summary, tally
+from .server import HOST, WRITE_KEY, DemoError, server_env
+
+MAX_REQUESTS = 100_000
+DESCRIPTION = """\
+Start a local collector (loopback, a free port, a temporary SQLite file), serve an
+instrumented example app under a real server with several forked workers, send it a
+session mix of requests (sign in, join an organisation, create reports), stop the
+server gracefully, and report the events delivered, lost and duplicated, per worker.
+
+Exit status: 0 when every event arrived exactly once, 1 when an event was lost or
+duplicated or a request failed, 2 when the demo could not run (a server missing)."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--server",
+        action="append",
+        choices=launchers.names(),
+        metavar="{" + ",".join(launchers.names()) + "}",
+        help="the server to run; repeat it to run several in turn (default: gunicorn)",
+    )
+    parser.add_argument(
+        "--uwsgi",
+        action="append_const",
+        const="uwsgi",
+        dest="server",
+        help="the same as --server uwsgi",
+    )
+    parser.add_argument("--workers", type=_positive, default=4, help="server workers (4)")
+    parser.add_argument(
+        "--requests",
+        type=_request_count,
+        default=200,
+        help=f"requests to send to each server (200, max {MAX_REQUESTS})",
+    )
+    parser.add_argument("--concurrency", type=_positive, default=8, help="client threads (8)")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the (last) collector running afterwards, to browse; Ctrl-C stops it",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    names: list[str] = args.server or ["gunicorn"]
+    try:
+        chosen = [(name, launchers.load(name)) for name in dict.fromkeys(names)]
+        for _, launcher in chosen:
+            launcher.check()  # fail before anything starts if a server is missing
+        with tempfile.TemporaryDirectory(prefix="klime-demo-") as tmp:
+            outcomes = []
+            for number, (name, launcher) in enumerate(chosen, 1):
+                keep = args.keep and number == len(chosen)
+                workdir = Path(tmp, name)
+                workdir.mkdir()
+                outcomes.append(_run_one(args, name, launcher, workdir, keep))
+    except DemoError as exc:
+        print(f"klime-mp demo: {exc}", file=sys.stderr)
+        return 2
+    if len(outcomes) > 1:
+        summary(outcomes, sys.stdout)
+    return 0 if all(outcome.ok for outcome in outcomes) else 1
+
+
+def _run_one(
+    args: argparse.Namespace,
+    name: str,
+    launcher: launchers.Launcher,
+    workdir: Path,
+    keep: bool,
+) -> Outcome:
+    total = args.requests
+    with Collector(HOST, 0, workdir / "events.sqlite3", [WRITE_KEY]) as collector:
+        server = launcher.server(args.workers, workdir, server_env(collector.url))
+        print(
+            f"klime-mp demo: collector at {collector.url}, {args.workers} {launcher.title} workers"
+        )
+        started = time.monotonic()
+        try:
+            server.start()
+            workers = server.wait_for_workers(args.workers)
+            print(f"  serving the example app at {server.url}; sending {total} requests")
+            load = drive(server.url, total, args.concurrency, Progress(total))
+            workers |= server.worker_pids()  # a worker replaced meanwhile is listed too
+            status = server.stop()
+        finally:
+            server.kill()
+        if status != 0:
+            print(f"  warning: the server exited with status {status}", file=sys.stderr)
+        got = tally(collector, load.events_expected)
+        report(load, got, time.monotonic() - started, sys.stdout, workers, name)
+        if keep:
+            _serve_until_interrupted(collector)
+    return outcome_of(name, load, got)
+
+
+def _serve_until_interrupted(collector: Collector) -> None:
+    print(f"\ncollector still running: {collector.url}/v1/stats and {collector.url}/v1/events")
+    print("press Ctrl-C to stop")
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _request_count(text: str) -> int:
+    value = _positive(text)
+    if value > MAX_REQUESTS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_REQUESTS}, got {text}")
+    return value
