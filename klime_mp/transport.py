@@ -42,6 +42,7 @@ from urllib3.exceptions import (
     SSLError,
 )
 from urllib3.util.connection import is_connection_dropped
+from urllib3.util.ssl_ import create_urllib3_context
 
 from klime_mp._version import __version__
 from klime_mp.options import BATCH_PATH, Options
@@ -99,14 +100,18 @@ _tls_contexts: dict[str | None, ssl.SSLContext] = {}
 
 
 def tls_context(bundle: str | None) -> ssl.SSLContext:
+    """A verifying context as this urllib3 version expects it: 2.x lets ``ssl`` check
+    the host name, 1.26 turns that off in the context and checks the name itself (with
+    ``ssl``'s check on, 1.26 fails on an IP address)."""
     context = _tls_contexts.get(bundle)
     if context is None:
-        if bundle is not None and os.path.isdir(bundle):
-            context = ssl.create_default_context(capath=bundle)
-        else:  # None: the system's store, as OpenSSL finds it
-            context = ssl.create_default_context(cafile=bundle)
-        context.verify_mode = ssl.CERT_REQUIRED  # the defaults; stated, never changed
-        context.check_hostname = True
+        context = create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)
+        if bundle is None:  # the system's store, where OpenSSL looks for it
+            context.load_default_certs()
+        elif os.path.isdir(bundle):
+            context.load_verify_locations(capath=bundle)
+        else:
+            context.load_verify_locations(cafile=bundle)
         context = _tls_contexts.setdefault(bundle, context)
     return context
 
