@@ -766,6 +766,41 @@ def test_abandon_in_a_child_leaves_the_parents_connection_alive(
 
 
 @pytest.mark.fork
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_abandon_closes_a_connection_forked_in_the_middle_of_a_request() -> None:
+    # The connection is out of the pool's queue while a request is in flight: the
+    # child must find and close its copy all the same (not leak it for its lifetime).
+    answered = threading.Event()
+    peer = Server(lambda seen: reply() if answered.wait(10) else None)
+    t = transport(peer.url)
+    outcome: list[Attempt] = []
+    sender = threading.Thread(target=lambda: outcome.append(post(t)))
+    sender.start()
+    _wait_for(lambda: len(peer.seen) == 1)  # the request is in, its answer held back
+    assert t._newest is not None
+    fd = t._newest.conn.sock.fileno()
+
+    def child() -> int:
+        t.abandon()
+        try:
+            os.fstat(fd)
+        except OSError:
+            return 0
+        return 1  # still open in the child
+
+    code = _in_child(child)
+    answered.set()
+    sender.join(10)
+
+    assert code == 0
+    assert outcome == [Attempt(200, OK)]
+    assert post(t).status == 200
+    assert [s.connection for s in peer.seen] == [1, 1]
+    peer.close()
+
+
+@pytest.mark.fork
 def test_forking_while_threads_send_leaves_the_parents_connection_alive(
     collector_process: CollectorProcess, tmp_path: Path
 ) -> None:
