@@ -25,6 +25,7 @@ import base64
 import encodings.idna  # noqa: F401  # see the note below
 import http.client
 import os
+import queue
 import socket
 import ssl
 import urllib.parse
@@ -225,8 +226,8 @@ class Transport:
         newest, self._newest = self._newest, None
         if pool is None:
             return
-        queue = pool.pool
-        conns = [] if queue is None else list(queue.queue)  # the list under the lock
+        idle = pool.pool
+        conns = [] if idle is None else list(idle.queue)  # the list under the lock
         if newest is not None:
             conns.append(newest.conn)
         for conn in conns:
@@ -234,10 +235,10 @@ class Transport:
             sock = getattr(sock, "socket", sock)  # TLS inside TLS: the outer socket
             if sock is not None and sock.fileno() >= 0:
                 os.close(sock.detach())  # even while a response reader refers to it
-        if queue is not None:
-            # New locks and an empty list, so that urllib3's finalizer (at exit, or when
-            # the pool is collected) cannot block on a lock held at the fork.
-            type(queue).__init__(queue, queue.maxsize)
+        if idle is not None:
+            # New locks and an empty list: whatever closes this pool later in the child
+            # cannot block on a lock a parent thread held at the fork.
+            type(idle).__init__(idle, idle.maxsize)
 
     # -- one attempt -----------------------------------------------------------------
 
@@ -290,6 +291,12 @@ class Transport:
                 **settings,
             )
             pool = manager.connection_from_url(self._endpoint)
+        # urllib3 empties the queue it made into a pool at interpreter exit (a
+        # weakref.finalize), before our exit flush runs, which then paid for a new
+        # connection (a TLS handshake per exiting process). A queue of ours, which only
+        # close() empties, holds the connection instead.
+        pool.pool = queue.LifoQueue(1)
+        pool.pool.put(None)  # as urllib3 fills it: None means "open a new one"
         self._newest = _Newest(pool.ConnectionCls)
         pool.ConnectionCls = self._newest  # type: ignore[assignment]  # called like the class
         self._pool = pool
@@ -310,8 +317,8 @@ class Transport:
 def _idle_connection_alive(pool: urllib3.HTTPConnectionPool) -> bool:
     """Whether the next request goes out on a reused connection that looks alive (the
     check urllib3 makes too). Read without the queue's lock: only one thread sends."""
-    queue = pool.pool
-    conn = queue.queue[-1] if queue is not None and queue.queue else None
+    idle = pool.pool
+    conn = idle.queue[-1] if idle is not None and idle.queue else None
     return conn is not None and not is_connection_dropped(conn)
 
 
