@@ -247,8 +247,8 @@ class Transport:
 
     def post(self, body: bytes, timeout: float) -> Attempt:
         """One POST of ``body`` with ``timeout`` seconds to connect and to read."""
-        pool = self._pool or self._open_pool()
         try:
+            pool = self._pool or self._open_pool()
             if _idle_connection_alive(pool):
                 try:
                     return self._exchange(pool, body, timeout)
