@@ -32,6 +32,7 @@ MIN_SPOOL_MAX_BYTES = 1024 * 1024
 
 # Protocol limits.
 MAX_BATCH_SIZE = 100
+BATCH_PATH = "/v1/batch"  # what requests go to, under the endpoint
 
 WRITE_KEY_ENV = "KLIME_WRITE_KEY"
 ENDPOINT_ENV = "KLIME_ENDPOINT"
@@ -165,7 +166,12 @@ def _endpoint(value: str | None) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"endpoint must be an http:// or https:// URL with a host, got {value!r}")
-    return value.rstrip("/")
+    base = value.rstrip("/")
+    # The batch URL itself (https://i.klime.com/v1/batch, as the API docs show it) is a
+    # common copy-paste; it means the base URL, not {endpoint}/v1/batch/v1/batch (a 404).
+    if base.endswith(BATCH_PATH):
+        base = base[: -len(BATCH_PATH)]
+    return base
 
 
 def _spool_dir(value: str | os.PathLike[str] | None) -> str | None:

@@ -1,37 +1,123 @@
-"""One HTTP attempt: POST /v1/batch over this process's kept-alive connection.
+"""One HTTP attempt: POST /v1/batch over this process's pooled urllib3 connection.
 
 ``Transport.post`` returns what happened as a value (``Attempt``) and never raises for
 a network failure; ``delivery`` judges attempts and decides on retries.
 
-Built on the standard library's ``http.client`` (opening the connection, proxies and
-TLS live in ``connection``), not ``requests``: on the same keep-alive connection a
-20-event POST cost ~830 µs of CPU through requests and ~144 µs here, and a refused
-connection ~440 µs against ~40 µs (requests scans the environment for proxies on every
-attempt). On a 2-core Gunicorn box that CPU is taken from the app.
+urllib3 does the HTTP: one connection pool per transport (per client per process) that
+keeps one connection alive, notices a connection the server dropped while it was idle,
+verifies TLS and goes through ``http://`` and ``https://`` proxies (CONNECT tunnels,
+credentials). Its own ``Retry`` is off: a retry waits in ``delivery``, where shutdown
+can cut the wait short. What stays here is what urllib3 leaves to its caller: the CA
+bundle and proxy the environment names (read once per transport: ``requests`` scans
+the environment on every request), the request built once, a free resend when a
+reused connection turns out stale, and error texts without credentials.
+
+CPU per POST (a 20-event batch on one kept-alive loopback connection, process CPU,
+median of 7 alternating rounds of 2,000 POSTs; two runs each on a 2-core box at load
+average 12 to 18, so noisy): the previous ``http.client`` transport 79 to 107 µs, this
+one 170 to 214 µs on urllib3 2.8 and 194 to 220 µs on 1.26.20 (the old one 98 µs in
+those runs). About +90 to +120 µs, 5 µs per event at 20 events per POST, 1 µs at 100;
+a bare ``HTTPConnectionPool.urlopen`` costs the same (``bench/transport_cpu.py``): the
+difference is urllib3's, which among other things writes headers and body in two
+``send`` calls where ``http.client`` made one.
 """
 
 from __future__ import annotations
 
+import base64
+import encodings.idna  # noqa: F401  # see the note below
 import http.client
+import os
+import queue
 import socket
 import ssl
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
+from typing import Any
 
-from klime_mp import connection
+import urllib3
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    NewConnectionError,
+    ProxyError,
+    ReadTimeoutError,
+    SSLError,
+)
+from urllib3.util.connection import is_connection_dropped
+from urllib3.util.ssl_ import create_urllib3_context
+
 from klime_mp._version import __version__
-from klime_mp.options import Options
+from klime_mp.options import BATCH_PATH, Options
+
+# Why the idna import above: socket.getaddrinfo(), urllib3's host check and ssl's
+# server_hostname encode a host name with the "idna" codec, imported on first use. A
+# freshly forked child whose first use happens in its sender thread failed with
+# "LookupError: unknown encoding: idna", or waited forever on an import lock another
+# thread held at the fork. So everything the sender needs is imported with this module
+# (tests/test_transport_connection.py checks that sending imports nothing).
 
 USER_AGENT = f"klime_mp/{__version__}"
-# Named as requests named them, so log alerts written for earlier versions still match.
+# Error kinds, named as requests named them: log alerts written for earlier versions match.
 _CONNECT_TIMEOUT, _READ_TIMEOUT = "ConnectTimeout", "ReadTimeout"
-# An exception that ends an attempt (ssl.SSLError and socket.timeout are OSErrors).
-# ValueError: http.client refuses a malformed URL or header with one.
-_FAILURES = (OSError, http.client.HTTPException, ValueError)
-# A kept-alive connection the server closed while it was idle fails like this on the
-# first request written to it (RemoteDisconnected: no byte of an answer came back).
-# (SSLEOFError: the same through TLS). That is normal, not a failed attempt: the request
-# is written once more, on a new connection.
-_STALE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, ssl.SSLEOFError)
+_SSL, _CONNECTION, _PROTOCOL = "SSLError", "ConnectionError", "ProtocolError"
+# What ends an attempt. urllib3 wraps socket, TLS and http.client errors in its own;
+# ValueError: a malformed URL or header is refused with one before anything is sent.
+_FAILURES = (HTTPError, OSError, http.client.HTTPException, ValueError)
+# A kept-alive connection the server closed while idle, after urllib3's check, fails
+# like this on the first request written to it (RemoteDisconnected: no byte of an
+# answer came back; SSLEOFError: the same through TLS). That is not a failed attempt:
+# the request is written once more, on a new connection.
+_STALE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, ssl.SSLEOFError)
+# Off: urllib3 would sleep between retries inside urlopen, where shutdown cannot wake it.
+_NO_RETRIES = urllib3.Retry(total=False, redirect=False, raise_on_status=False)
+# The variables that name a CA bundle, in order; an empty one is skipped, so none of
+# them can turn verification off (an empty CURL_CA_BUNDLE did, in old requests).
+_CA_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR")
+
+
+def _certifi_bundle() -> str | None:
+    try:
+        import certifi
+    except ImportError:  # the system's trust store is used instead
+        return None
+    return certifi.where()  # now: where() imports importlib.resources parts lazily
+
+
+_CERTIFI_BUNDLE = _certifi_bundle()
+
+
+def ca_bundle() -> str | None:
+    """The CA bundle (file or directory) to trust: the first of ``_CA_VARIABLES`` that
+    is set, else certifi's when it is installed, else the system's (None)."""
+    for name in _CA_VARIABLES:
+        value = os.environ.get(name)
+        if value:
+            return value
+    return _CERTIFI_BUNDLE
+
+
+# One context per bundle per process tree: building one reads the whole bundle (ms of
+# CPU), and a context is safe to reuse for new connections after a fork.
+_tls_contexts: dict[str | None, ssl.SSLContext] = {}
+
+
+def tls_context(bundle: str | None) -> ssl.SSLContext:
+    """A verifying context as this urllib3 version expects it: 2.x lets ``ssl`` check
+    the host name, 1.26 turns that off in the context and checks the name itself (with
+    ``ssl``'s check on, 1.26 fails on an IP address)."""
+    context = _tls_contexts.get(bundle)
+    if context is None:
+        context = create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)
+        if bundle is None:  # the system's store, where OpenSSL looks for it
+            context.load_default_certs()
+        elif os.path.isdir(bundle):
+            context.load_verify_locations(capath=bundle)
+        else:
+            context.load_verify_locations(cafile=bundle)
+        context = _tls_contexts.setdefault(bundle, context)
+    return context
 
 
 @dataclass(frozen=True)
@@ -44,87 +130,227 @@ class Attempt:
     error: str | None = None  # what went wrong, already scrubbed of credentials
 
 
+@dataclass(frozen=True)
+class _Proxy:
+    url: str  # scheme://host:port, the credentials taken out
+    headers: dict[str, str]  # Proxy-Authorization, when the URL had credentials
+    secrets: tuple[str, ...]
+
+
+def _proxy_for(options: Options) -> _Proxy | None:
+    """The proxy HTTPS_PROXY / HTTP_PROXY / ALL_PROXY name (any case) for the endpoint,
+    unless NO_PROXY exempts its host; None to connect directly."""
+    parts = urllib.parse.urlsplit(options.endpoint)
+    proxies = urllib.request.getproxies()
+    setting = proxies.get(parts.scheme) or proxies.get("all")
+    if not setting or urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    try:
+        url = urllib.parse.urlsplit(setting if "://" in setting else f"http://{setting}")
+        usable = url.hostname is not None and url.scheme in ("http", "https")
+        url.port  # noqa: B018  # raises ValueError for a port that is not a number
+    except ValueError:
+        usable = False
+    if not usable:  # never quoted: the setting may hold a password
+        options.logger.warning(
+            "Klime: ignoring the proxy setting for %s: only http:// and https:// proxies "
+            "with a valid host and port are supported",
+            parts.scheme,
+        )
+        return None
+    address = url.netloc.rpartition("@")[2]
+    if url.username is None:
+        return _Proxy(f"{url.scheme}://{address}", {}, ())
+    user = urllib.parse.unquote(url.username)
+    password = urllib.parse.unquote(url.password or "")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    userinfo = url.netloc.rpartition("@")[0]
+    secrets = tuple(s for s in (token, userinfo, url.password, password) if s)
+    return _Proxy(f"{url.scheme}://{address}", {"Proxy-Authorization": f"Basic {token}"}, secrets)
+
+
+class _Newest:
+    """Stands in for a pool's connection class and remembers the last connection it
+    made. With one connection per pool and one thread using it, that is the only one
+    that can be open, also while a request is in flight: not in the pool's queue then,
+    so ``abandon`` would not find it there."""
+
+    def __init__(self, cls: Any) -> None:
+        self._cls = cls
+        self.conn: Any = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.conn = self._cls(*args, **kwargs)
+        return self.conn
+
+
 class Transport:
     """One per client per process. Only the sending thread (or a sync caller holding
-    the worker's send lock) uses it, so the connection is never used concurrently."""
+    the worker's send lock) uses it, so the pool never has two requests at once."""
 
     def __init__(self, options: Options) -> None:
-        self._options = options
-        # Proxy and CA variables are read once, here: not on every attempt.
-        self._route = connection.route_for(options)
-        self._ca_bundle = connection.ca_bundle()
+        self._endpoint = options.endpoint
+        https = options.endpoint.startswith("https:")
+        # The environment is read once, here: not on every attempt.
+        self._proxy = _proxy_for(options)
+        proxy_https = self._proxy is not None and self._proxy.url.startswith("https:")
+        self._context = tls_context(ca_bundle()) if https or proxy_https else None
+        path = urllib.parse.urlsplit(options.endpoint).path
+        # Through a forwarding proxy (plain http), the request line has the absolute URL.
+        forwarded = self._proxy is not None and not https
+        self._target = f"{options.endpoint if forwarded else path}{BATCH_PATH}"
         self._headers = {
             "Content-Type": "application/json",
             "Authorization": f"Bearer {options.write_key}",
             "User-Agent": USER_AGENT,
         }
-        if self._route.tunnel is None:  # through a CONNECT tunnel they go to the proxy
-            self._headers.update(self._route.proxy_headers)
-        # Never in an error text: the key, and the proxy's credentials in either form.
-        self._secrets = [options.write_key, *self._route.secrets]
-        self._conn: http.client.HTTPConnection | None = None
+        # Never in an error text: the key, and the proxy's credentials in any form.
+        secrets = (options.write_key, *(self._proxy.secrets if self._proxy else ()))
+        self._secrets = sorted(secrets, key=len, reverse=True)  # a password within userinfo
+        self._timeout = urllib3.Timeout(connect=options.timeout, read=options.timeout)
+        self._pool: urllib3.HTTPConnectionPool | None = None
+        self._newest: _Newest | None = None
 
     def close(self) -> None:
-        """Close the connection (a normal close, in the owning process)."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
+        """Close the connection (a normal close, in the owning process). A later
+        ``post`` opens a new pool."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
 
     def abandon(self) -> None:
         """After fork, in the child: close this process's copy of the parent's socket.
-        close() only releases this process's file descriptor; shutdown() (or a TLS
-        close_notify) would end the parent's connection too. Nothing that takes a lock
-        runs here: a parent thread may have held it at the fork, forever in the child."""
-        conn, self._conn = self._conn, None
-        sock = conn.sock if conn is not None else None
-        if sock is not None:
-            sock.close()
+
+        Only this process's file descriptor is released: shutdown() or a TLS
+        close_notify (what a normal close may send) would end the parent's connection
+        too. Nothing here takes a lock: a parent thread may have held the pool queue's
+        lock at the fork, and then it stays held forever in the child."""
+        pool, self._pool = self._pool, None
+        newest, self._newest = self._newest, None
+        if pool is None:
+            return
+        idle = pool.pool
+        conns = [] if idle is None else list(idle.queue)  # the list under the lock
+        if newest is not None:
+            conns.append(newest.conn)
+        for conn in conns:
+            sock = getattr(conn, "sock", None)
+            sock = getattr(sock, "socket", sock)  # TLS inside TLS: the outer socket
+            if sock is not None and sock.fileno() >= 0:
+                os.close(sock.detach())  # even while a response reader refers to it
+        if idle is not None:
+            # New locks and an empty list: whatever closes this pool later in the child
+            # cannot block on a lock a parent thread held at the fork.
+            type(idle).__init__(idle, idle.maxsize)
 
     # -- one attempt -----------------------------------------------------------------
 
     def post(self, body: bytes, timeout: float) -> Attempt:
         """One POST of ``body`` with ``timeout`` seconds to connect and to read."""
-        if self._conn is not None and connection.closed_while_idle(self._conn):
-            self.close()
         try:
-            if self._conn is not None:
+            pool = self._pool or self._open_pool()
+            if _idle_connection_alive(pool):
                 try:
-                    return self._exchange(body, timeout)
-                except _STALE:
-                    self.close()  # see _STALE; a second failure on a new one counts
-            return self._exchange(body, timeout)
+                    return self._exchange(pool, body, timeout)
+                except _FAILURES as exc:
+                    if not isinstance(_chain(exc)[-1], _STALE):
+                        raise  # see _STALE; a second failure on a new one counts
+            return self._exchange(pool, body, timeout)
         except _FAILURES as exc:
-            error = self._describe(exc, connecting=self._conn is None)
-            self.close()  # never reuse a connection in an unknown state
-            return Attempt(status=None, error=error)
+            return Attempt(status=None, error=self._describe(exc))
 
-    def _exchange(self, body: bytes, timeout: float) -> Attempt:
-        conn = self._conn
-        if conn is None:
-            conn = self._conn = connection.open_connection(self._route, self._ca_bundle, timeout)
-        else:
-            conn.timeout = timeout
-            if conn.sock is not None:
-                conn.sock.settimeout(timeout)
-        conn.request("POST", self._route.target, body, self._headers)
-        reply = conn.getresponse()
-        content = reply.read()  # all of it: the connection is reused for the next one
-        if reply.will_close:  # "Connection: close", or HTTP/1.0
-            self.close()
-        return Attempt(reply.status, content, reply.getheader("Retry-After"))
+    def _exchange(self, pool: urllib3.HTTPConnectionPool, body: bytes, timeout: float) -> Attempt:
+        if timeout != self._timeout.connect_timeout:
+            self._timeout = urllib3.Timeout(connect=timeout, read=timeout)
+        reply = pool.urlopen(
+            "POST",
+            self._target,
+            body=body,
+            headers=self._headers,
+            retries=_NO_RETRIES,
+            redirect=False,
+            assert_same_host=False,  # through a forwarding proxy the URL names another host
+            timeout=self._timeout,
+            preload_content=True,  # all of it: the connection goes back for the next one
+        )
+        return Attempt(reply.status, reply.data, reply.headers.get("Retry-After"))
 
-    def _describe(self, exc: BaseException, *, connecting: bool) -> str:
-        """The error's kind and type, e.g. ``ConnectionError (ConnectionRefusedError:
-        [Errno 111] Connection refused)``, with any credential taken out."""
-        if isinstance(exc, (socket.timeout, TimeoutError)):
-            kind = _CONNECT_TIMEOUT if connecting else _READ_TIMEOUT
-        elif isinstance(exc, ssl.SSLError):
-            kind = "SSLError"
-        elif isinstance(exc, OSError):
-            kind = "ConnectionError"
+    def _open_pool(self) -> urllib3.HTTPConnectionPool:
+        settings: dict[str, Any] = {
+            "maxsize": 1,  # one kept-alive connection; only one thread sends at a time
+            "block": False,
+            "retries": _NO_RETRIES,
+            "timeout": self._timeout,
+        }
+        if self._context is not None:
+            settings.update(ssl_context=self._context, cert_reqs="CERT_REQUIRED")
+        if self._proxy is None:
+            pool = urllib3.connection_from_url(self._endpoint, **settings)
         else:
-            kind = "ProtocolError"
-        text = f"{kind} ({type(exc).__name__}: {exc})"
+            manager = urllib3.ProxyManager(
+                self._proxy.url,
+                proxy_headers=self._proxy.headers,
+                proxy_ssl_context=self._context,  # the proxy's certificate is verified too
+                **settings,
+            )
+            pool = manager.connection_from_url(self._endpoint)
+        # urllib3 empties the queue it made into a pool at interpreter exit (a
+        # weakref.finalize), before our exit flush runs, which then paid for a new
+        # connection (a TLS handshake per exiting process). A queue of ours, which only
+        # close() empties, holds the connection instead.
+        pool.pool = queue.LifoQueue(1)
+        pool.pool.put(None)  # as urllib3 fills it: None means "open a new one"
+        self._newest = _Newest(pool.ConnectionCls)
+        pool.ConnectionCls = self._newest  # type: ignore[assignment]  # called like the class
+        self._pool = pool
+        return pool
+
+    def _describe(self, exc: BaseException) -> str:
+        """The kind and the underlying error, e.g. ``ConnectionError
+        (ConnectionRefusedError: [Errno 111] Connection refused)``, credentials taken out."""
+        chain = _chain(exc)
+        root = chain[-1]
+        via = "proxy, " if any(isinstance(e, ProxyError) for e in chain) else ""
+        text = f"{_kind(chain)} ({via}{type(root).__name__}: {root})"
         for secret in self._secrets:
             text = text.replace(secret, "[redacted]")
         return text
+
+
+def _idle_connection_alive(pool: urllib3.HTTPConnectionPool) -> bool:
+    """Whether the next request goes out on a reused connection that looks alive (the
+    check urllib3 makes too). Read without the queue's lock: only one thread sends."""
+    idle = pool.pool
+    conn = idle.queue[-1] if idle is not None and idle.queue else None
+    return conn is not None and not is_connection_dropped(conn)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the errors urllib3 wrapped in it, outermost first, down to the one
+    that says what happened (a refused connection, a TLS alert)."""
+    chain = [exc]
+    while isinstance(exc, HTTPError) and len(chain) < 8:
+        inner = getattr(exc, "reason", None)  # MaxRetryError
+        if not isinstance(inner, BaseException):
+            inner = next((a for a in exc.args if isinstance(a, BaseException)), None)
+        # urllib3 2 raises "from" the cause; 1.26 raises inside the except block.
+        inner = inner or exc.__cause__ or exc.__context__
+        if inner is None:
+            break
+        chain.append(inner)
+        exc = inner
+    return chain
+
+
+def _kind(chain: list[BaseException]) -> str:
+    for exc in chain:
+        if isinstance(exc, ReadTimeoutError):
+            return _READ_TIMEOUT
+        if isinstance(exc, ConnectTimeoutError) and not isinstance(exc, NewConnectionError):
+            return _CONNECT_TIMEOUT  # NewConnectionError subclasses it, but is a refusal
+        if isinstance(exc, (SSLError, ssl.SSLError)):
+            return _SSL
+    root = chain[-1]
+    if isinstance(root, (socket.timeout, TimeoutError)):  # urllib3 says where, above
+        return _READ_TIMEOUT
+    return _CONNECTION if isinstance(root, OSError) else _PROTOCOL

@@ -4,8 +4,8 @@ and the local collector is safe to leave running on a developer's machine."""
 from __future__ import annotations
 
 import argparse
+import base64
 import hmac
-import http.client
 import http.server
 import inspect
 import io
@@ -351,16 +351,18 @@ def test_a_server_that_never_answers_costs_one_timeout_per_attempt(
 def test_every_request_carries_a_finite_timeout(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capture: Capture
 ) -> None:
+    # Every socket the client's threads use gets a finite timeout before it blocks
+    # (connect, then each read), on new and kept-alive connections alike. settimeout is
+    # how urllib3 and ssl set them; None would mean "block forever".
     seen: list[Any] = []
-    original = http.client.HTTPConnection.request
+    original = socket.socket.settimeout
 
-    def spying_request(self: http.client.HTTPConnection, *args: Any, **kwargs: Any) -> Any:
-        seen.append(self.timeout)
-        if self.sock is not None:  # a kept-alive connection: its socket's timeout too
-            seen.append(self.sock.gettimeout())
-        return original(self, *args, **kwargs)
+    def spying(self: socket.socket, value: Any) -> None:
+        if threading.current_thread().name in ("klime-sender", "MainThread"):
+            seen.append(value)
+        original(self, value)
 
-    monkeypatch.setattr(http.client.HTTPConnection, "request", spying_request)
+    monkeypatch.setattr(socket.socket, "settimeout", spying)
     with Collector(db=tmp_path / "db.sqlite3", faults=FaultPlan(seed=3, error_rate=0.5)) as c:
         client = client_for(c.url, capture, retry_max_attempts=10, shutdown_timeout=5.0)
         for n in range(50):
@@ -372,6 +374,28 @@ def test_every_request_carries_a_finite_timeout(
 
     assert len(seen) >= 5
     assert all(isinstance(t, (int, float)) and 0 < t <= 10.0 for t in seen), seen
+
+
+# -- proxies ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_proxy_credentials_never_appear_in_logs_or_errors(
+    capture: Capture, monkeypatch: pytest.MonkeyPatch, scheme: str
+) -> None:
+    # Nothing listens at the proxy's address: every attempt fails and is logged (urllib3's
+    # own debug lines included), retried and reported to on_error.
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    password = "pr0xy_PASSWORD_do_not_log"
+    monkeypatch.setenv(f"{scheme}_proxy", f"http://someone:{password}@127.0.0.1:{port}")
+    exercise(client_for(f"{scheme}://klime.test", capture), capture)
+
+    token = base64.b64encode(f"someone:{password}".encode()).decode()
+    assert "ConnectionRefusedError" in capture.everything()  # it did go to the proxy
+    for secret in (password, token, SECRET):
+        assert secret not in capture.everything()
 
 
 # -- the local collector --------------------------------------------------------------------

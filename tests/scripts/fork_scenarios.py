@@ -200,16 +200,26 @@ def keep_alive(children: str) -> None:
     h.report(tags=tags, parent=os.getpid(), children=pids)
 
 
+def pooled_connection(client: klime_mp.KlimeClient) -> Any:
+    """The kept-alive connection idle in the client's urllib3 pool in this process."""
+    pool = client._worker.get()._transport._pool
+    check(pool is not None and pool.pool is not None, "no connection pool")
+    idle = [conn for conn in pool.pool.queue if conn is not None and conn.sock is not None]
+    check(len(idle) == 1, f"expected one kept-alive connection, found {len(idle)}")
+    return idle[0]
+
+
 def held_locks() -> None:
-    """Fork while another thread holds every lock the parent's worker uses (its HTTP
-    connection takes none): a child that acquired any of them would hang forever (its
-    watchdog ends it)."""
+    """Fork while another thread holds every lock the parent's worker uses, its urllib3
+    pool's queue lock included: a child that acquired any of them would hang forever
+    (its watchdog ends it)."""
     client = h.make_client()
     tags = track_many(client, "parent", 3)
     check(client.flush(10), "parent flush timed out")
     worker: Any = client._worker.get()
-    check(worker._transport._conn is not None, "no kept-alive connection to inherit")
-    locks = [worker._lock, worker._send_lock, forksafe.process_lock()]
+    connection = pooled_connection(client)
+    pool_queue = worker._transport._pool.pool
+    locks = [worker._lock, worker._send_lock, forksafe.process_lock(), pool_queue.mutex]
     held, release = threading.Event(), threading.Event()
 
     def hold() -> None:
@@ -235,7 +245,54 @@ def held_locks() -> None:
     tags += [f"child-{i}" for i in range(3)]
     tags += track_many(client, "parent-after", 2)
     check(client.flush(10), "parent flush timed out")
+    check(pooled_connection(client) is connection, "the parent's connection was replaced")
     h.report(tags=tags)
+
+
+def keep_alive_while_sending(children: str) -> None:
+    """Fork again and again while two threads track and the parent's sender posts, so
+    some forks land mid-request or while the pool's lock is held. Each child abandons
+    the parent's connection (without a lock, without shutting it down) and sends its
+    own events on its own connection; the parent keeps its one connection (the test
+    counts the collector's connections)."""
+    client = h.make_client(flush_interval=10, max_batch_size=5)
+    tags = track_many(client, "parent-before", 5)
+    check(client.flush(10), "parent flush timed out")
+    batches_before = client.stats().batches
+    stop = threading.Event()
+    counts = [0, 0]
+
+    def tracker(n: int) -> None:
+        while not stop.is_set():
+            h.track(client, f"thread{n}-{counts[n]}")
+            counts[n] += 1
+            stop.wait(0.002)
+
+    threads = [threading.Thread(target=tracker, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+
+    def child(n: int) -> Callable[[], None]:
+        def body() -> None:
+            track_many(client, f"child{n}", 2)
+            check(client.flush(10), "child flush timed out")
+
+        return body
+
+    pids = []
+    for n in range(int(children)):
+        pids.append(h.fork(child(n)))
+        stop.wait(0.03)  # the sender posts a batch or two between forks
+    wait_all(pids)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    check(client.flush(10), "parent flush timed out")
+    stats = client.stats()
+    check(stats.retries == 0 and stats.failed == 0, f"parent had trouble: {stats}")
+    tags += [f"thread{n}-{i}" for n in range(2) for i in range(counts[n])]
+    tags += [f"child{n}-{i}" for n in range(int(children)) for i in range(2)]
+    h.report(tags=tags, parent_batches=stats.batches - batches_before)
 
 
 def stress(forks: str) -> None:
@@ -333,6 +390,7 @@ SCENARIOS: dict[str, Callable[..., None]] = {
     "c_level_fork": c_level_fork,
     "configure_then_fork": configure_then_fork,
     "keep_alive": keep_alive,
+    "keep_alive_while_sending": keep_alive_while_sending,
     "held_locks": held_locks,
     "stress": stress,
     "mid_request": mid_request,

@@ -1,0 +1,107 @@
+"""CPU per POST of the transport, against the HTTP stacks under it, in one run.
+
+Each variant posts the same 20-event batch over one kept-alive connection to the
+benchmark's loopback sink (its own process, so its CPU is not counted) and is measured
+in process CPU (``time.process_time``) per POST. Variants alternate, round after round,
+and the median round is reported, so a burst of load on the machine hits all of them.
+
+    python -m bench.transport_cpu [--posts 2000] [--rounds 7]
+
+Variants: ``http.client`` on one connection (what the transport cost before it moved
+to urllib3: within a few µs of this), a bare urllib3 ``HTTPConnectionPool.urlopen``,
+and ``klime_mp.transport.Transport.post``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable
+from urllib.parse import urlsplit
+
+import urllib3
+
+from klime_mp.options import build_options
+from klime_mp.transport import Transport
+
+EVENTS = 20
+HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer k", "User-Agent": "b"}
+
+
+def batch_body() -> bytes:
+    event = {
+        "type": "track",
+        "messageId": "0" * 36,
+        "event": "Button Clicked",
+        "userId": "usr_12345",
+        "timestamp": "2026-01-01T00:00:00.000Z",
+        "properties": {"n": 1, "plan": "pro", "page": "/pricing"},
+        "context": {"library": {"name": "klime_mp", "version": "0.1.0"}},
+    }
+    return json.dumps({"batch": [event] * EVENTS}).encode()
+
+
+def variants(url: str, body: bytes) -> dict[str, Callable[[], object]]:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+
+    def with_http_client() -> object:
+        conn.request("POST", "/v1/batch", body, HEADERS)
+        return conn.getresponse().read()
+
+    pool = urllib3.HTTPConnectionPool(host, port, maxsize=1, retries=False)
+    transport = Transport(build_options("k", url))
+    return {
+        "http.client": with_http_client,
+        f"urllib3 {urllib3.__version__} pool": lambda: pool.urlopen(
+            "POST", "/v1/batch", body=body, headers=HEADERS, retries=False
+        ),
+        "klime_mp Transport": lambda: transport.post(body, 10.0),
+    }
+
+
+def measure(posts: int, rounds: int) -> dict[str, list[float]]:
+    sink = subprocess.Popen(
+        [sys.executable, "-m", "bench.sink"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert sink.stdout is not None
+        url = json.loads(sink.stdout.readline())["data"]
+        body = batch_body()
+        cases = variants(url, body)
+        for post in cases.values():  # connect and warm up
+            for _ in range(200):
+                post()
+        results: dict[str, list[float]] = {name: [] for name in cases}
+        for _ in range(rounds):
+            for name, post in cases.items():
+                started = time.process_time()
+                for _ in range(posts):
+                    post()
+                results[name].append((time.process_time() - started) / posts * 1e6)
+        return results
+    finally:
+        assert sink.stdin is not None
+        sink.stdin.close()
+        sink.wait(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--posts", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    print(f"{EVENTS}-event POSTs, {args.posts} per round, {args.rounds} rounds (CPU µs/POST)")
+    for name, values in measure(args.posts, args.rounds).items():
+        median = statistics.median(values)
+        print(f"  {name:24s} median {median:6.1f}  min {min(values):6.1f}  max {max(values):6.1f}")
+
+
+if __name__ == "__main__":
+    main()
