@@ -22,7 +22,8 @@ from klime_mp.transport import Attempt, Transport
 
 MAX_BACKOFF_S = 16.0  # the official SDK's cap
 MAX_RETRY_AFTER_S = 60.0  # a server asking for longer is not obeyed beyond this
-PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 405, 410, 413, 414, 415, 422})
+# 407: the proxy refuses our credentials; resending them cannot help either.
+PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 405, 407, 410, 413, 414, 415, 422})
 
 Deadline = Callable[[], Optional[float]]
 _HOUSEKEEPING_S = 1.0  # a backoff wait wakes this often for ``while_waiting``

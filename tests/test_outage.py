@@ -129,6 +129,8 @@ def test_a_thirty_second_outage_at_40_events_a_second_loses_at_most_one_batch(
     track_for(30)
     collector.faults = FaultPlan()
     track_for(2)
+    # The next probe is due within the backoff cap (16 s) of the last failure.
+    client.flush(30)
     client.shutdown()
     stats = client.stats()
 
