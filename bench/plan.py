@@ -23,6 +23,12 @@ class Plan:
     slices: int = 10
     warmup_requests: int = 400
     wrk_seconds: float = 3.0
+    # 0. CPU per event (one sync worker per SDK, in turn)
+    cpu_requests: int = 2000
+    cpu_warmup: int = 300
+    cpu_concurrency: int = 2
+    # 2b. the sink's own ceiling (a trivial client, one connection)
+    ceiling_events: int = 50_000
     # 4. fork
     parent_events: int = 10
     child_events: int = 20
@@ -59,8 +65,11 @@ QUICK = replace(
     memory_events=10_000,
     forkcost_blocks=6,
     forkcost_calls_per_block=5_000,
+    cpu_requests=600,
+    cpu_warmup=100,
+    ceiling_events=10_000,
 )
 
-PARTS = ("latency", "throughput", "gunicorn", "fork", "memory", "forkcost")
+PARTS = ("cpu", "latency", "throughput", "gunicorn", "fork", "memory", "forkcost")
 CONDITIONS = ("up", "down", "full")
 FORK_MODES = ("fork", "pool", "preload")

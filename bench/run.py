@@ -98,6 +98,7 @@ def run_parts(plan: Plan, parts: list[str]) -> dict[str, Any]:
     down = RefusedPort()
     try:
         steps = {
+            "cpu": lambda: phases.cpu(plan, sink, log),
             "latency": lambda: phases.latency(plan, sink, down, log),
             "throughput": lambda: phases.throughput(plan, sink, log),
             "gunicorn": lambda: phases.gunicorn(plan, sink, log),
@@ -118,6 +119,8 @@ def run_parts(plan: Plan, parts: list[str]) -> dict[str, Any]:
 
 def summarize(raw: dict[str, Any], plan: Plan) -> dict[str, Any]:
     results: dict[str, Any] = {}
+    if "cpu" in raw:
+        results["cpu"] = summary.cpu(raw["cpu"])
     if "latency" in raw:
         results["latency"] = summary.latency(raw["latency"])
     if "throughput" in raw:
