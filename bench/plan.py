@@ -9,8 +9,8 @@ from dataclasses import dataclass, replace
 class Plan:
     runs: int = 3  # every figure is the median (min-max) of this many runs
     # 1. call latency
-    latency_calls: int = 100_000
-    latency_budget_s: float = 20.0  # a run is cut here, the call in flight censored
+    latency_calls: int = 50_000
+    latency_budget_s: float = 12.0  # a run is cut here, the call in flight censored
     latency_stall_s: float = 2.0  # ...and so is a run whose one call blocks this long
     # 2. throughput
     throughput_events: int = 50_000

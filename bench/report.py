@@ -337,7 +337,10 @@ def update_between_markers(document: Path, text: str, start: str = START, end: s
     if not document.exists():
         return False
     content = document.read_text()
-    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.DOTALL)
+    # Markers on lines of their own: the prose that names them (in backticks) is not one.
+    pattern = re.compile(
+        "^" + re.escape(start) + "$.*?^" + re.escape(end) + "$", re.DOTALL | re.MULTILINE
+    )
     if not pattern.search(content):
         return False
     document.write_text(pattern.sub(lambda _: f"{start}\n{text}\n{end}", content, count=1))

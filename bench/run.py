@@ -53,6 +53,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, help="results folder (default bench/results[/quick])")
     parser.add_argument(
+        "--redraw",
+        action="store_true",
+        help="measure nothing: redraw the charts and docs from the results folder's JSON",
+    )
+    parser.add_argument(
         "--no-docs", action="store_true", help="do not update docs/performance.md and README.md"
     )
     return parser.parse_args(argv)
@@ -168,6 +173,20 @@ def update_docs(results: dict[str, Any], charts: list[str], out: Path) -> None:
             log(f"updated {document.relative_to(ROOT)}")
 
 
+def redraw(out: Path, update: bool) -> int:
+    """Charts, results.md and the docs again from ``out/results.json``."""
+    import json
+
+    from bench.charts import draw
+
+    results = json.loads((out / "results.json").read_text())
+    charts = draw(results, out)
+    log(f"redrawn: {write(results, out, charts)}, {', '.join(charts)}")
+    if update and out == RESULTS:
+        update_docs(results, charts, out)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     missing = missing_modules()
@@ -186,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"unknown parts: {', '.join(sorted(unknown))}; choose from {', '.join(PARTS)}")
         return 2
     out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
+    if args.redraw:
+        return redraw(out, update=not args.no_docs)
     started = time.monotonic()
     meta: dict[str, Any] = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

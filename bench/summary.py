@@ -234,17 +234,6 @@ def targets(results: Raw) -> list[Raw]:
     """The issue's targets, judged on the median over runs (the benchmark reports,
     it does not assert)."""
     rows: list[Raw] = []
-    cpu_part = results.get("cpu")
-    if cpu_part:
-        rows.append(
-            _target(
-                "worker CPU per event vs best peer (Gunicorn)",
-                cpu_part["ratio"],
-                f"\u2265 1{TIMES}",
-                _at_least(cpu_part["ratio"], 1),
-                TIMES,
-            )
-        )
     lat = results.get("latency")
     if lat:
         for cond in CONDITIONS:
