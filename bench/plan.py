@@ -18,11 +18,9 @@ class Plan:
     # 3. gunicorn
     gunicorn_workers: int = 4
     concurrency: int = 4
-    loadgen: str = "python"
     requests: int = 3000  # per app, cut into ``slices`` interleaved slices
     slices: int = 10
     warmup_requests: int = 400
-    wrk_seconds: float = 3.0
     # 0. CPU per event (one sync worker per SDK, in turn)
     cpu_requests: int = 2000
     cpu_warmup: int = 300
@@ -59,7 +57,6 @@ QUICK = replace(
     requests=600,
     slices=3,
     warmup_requests=100,
-    wrk_seconds=1.0,
     preload_requests=8,
     collector_check=False,
     memory_events=10_000,

@@ -191,7 +191,7 @@ def _gunicorn(gun: Raw, meta: Raw) -> list[str]:
         )
     return [
         f"### 3. Under Gunicorn ({meta['plan']['gunicorn_workers']} sync workers, "
-        f"load generator: {meta['loadgen']}, {meta['plan']['concurrency']} concurrent)",
+        f"{meta['plan']['concurrency']} concurrent clients)",
         "",
         *_table(
             ["app", "req/s", "p50", "p99", "p50 vs none", "p99 vs none", "req/s vs none"], rows

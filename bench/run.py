@@ -27,7 +27,6 @@ from typing import Any
 
 from bench import phases, summary
 from bench.control import ROOT, RefusedPort, SinkProcess
-from bench.loadgen import wrk_available
 from bench.plan import FULL, PARTS, QUICK, Plan
 from bench.report import update_between_markers, write
 from bench.sdks import versions
@@ -45,12 +44,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a ~1-minute smoke run")
     parser.add_argument("--runs", type=int, help="runs per figure (default 3, quick 1)")
     parser.add_argument("--only", help=f"comma-separated parts: {','.join(PARTS)}")
-    parser.add_argument(
-        "--loadgen",
-        choices=("python", "wrk"),
-        default="python",
-        help="Gunicorn load generator (wrk needs Debian's wrk package)",
-    )
     parser.add_argument("--out", type=Path, help="results folder (default bench/results[/quick])")
     parser.add_argument(
         "--redraw",
@@ -196,9 +189,6 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else FULL
     if args.runs:
         plan = replace(plan, runs=args.runs)
-    if args.loadgen == "wrk" and not wrk_available():
-        log("wrk is not installed (apt-get install wrk); using the Python load generator")
-    plan = replace(plan, loadgen="wrk" if args.loadgen == "wrk" and wrk_available() else "python")
     parts = args.only.split(",") if args.only else list(PARTS)
     unknown = set(parts) - set(PARTS)
     if unknown:
@@ -217,7 +207,6 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions(),
         "runs": plan.runs,
         "quick": args.quick,
-        "loadgen": "wrk" if plan.loadgen == "wrk" else "Python (bench/loadgen.py)",
         "parts": parts,
         "load_before": load_average(),
         "plan": asdict(plan),
