@@ -133,6 +133,22 @@ def gunicorn_chart(gun: Raw, meta: Raw, path: Path) -> None:
     plt.close(fig)
 
 
+def cpu_chart(cpu: Raw, meta: Raw, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for i, sdk in enumerate(SDKS):
+        h, lo, hi = _bar(cpu["sdks"][sdk]["us_per_event"])
+        ax.bar(i, h, 0.6, yerr=[[lo], [hi]], capsize=3, color=COLORS[sdk])
+    ax.set_xticks(range(len(SDKS)))
+    ax.set_xticklabels([LABELS[n] for n in SDKS], fontsize=8, rotation=10)
+    ax.set_ylabel("worker CPU per event, µs (lower is better)")
+    fig.suptitle("CPU per event in a Gunicorn worker\n" + _subtitle(meta), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def draw(results: Raw, folder: Path) -> list[str]:
     """Draw what the results hold; returns the files written."""
     import matplotlib
@@ -141,6 +157,7 @@ def draw(results: Raw, folder: Path) -> list[str]:
     meta = results["meta"]
     written = []
     for key, draw_one in (
+        ("cpu", cpu_chart),
         ("latency", latency_chart),
         ("throughput", throughput_chart),
         ("gunicorn", gunicorn_chart),

@@ -1,4 +1,4 @@
-"""A bounded, closed-loop HTTP load generator for loopback (or Debian's wrk).
+"""A bounded, closed-loop HTTP load generator for loopback.
 
 Python (the default, needs nothing installed): ``concurrency`` processes, each with one
 request in flight at a time, send a fixed number of GETs and time each from connect to
@@ -11,9 +11,6 @@ and all processes move from one app's slice to the next together (a barrier), so
 burst of noise from elsewhere on a shared machine lands on every app alike instead of
 on whichever one happened to be running. An app's requests/s is its requests over the
 summed wall time of its slices.
-
-wrk (``--loadgen wrk``): ``wrk -t2 -cCONCURRENCY -dSECONDS --latency`` per app; bounded in
-time, not in count, and reports its own percentiles.
 """
 
 from __future__ import annotations
@@ -21,8 +18,6 @@ from __future__ import annotations
 import http.client
 import json
 import multiprocessing
-import re
-import shutil
 import subprocess
 import sys
 import time
@@ -133,41 +128,6 @@ def run_python(urls: list[str], requests: int, concurrency: int, slices: int) ->
     if done.returncode != 0:
         raise RuntimeError(f"load generator failed:\n{done.stderr[-2000:]}")
     return [Load(**load) for load in json.loads(done.stdout.strip().splitlines()[-1])]
-
-
-def wrk_available() -> bool:
-    return shutil.which("wrk") is not None
-
-
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-
-
-def run_wrk(url: str, seconds: float, concurrency: int) -> Load:
-    command = ["wrk", "-t2", f"-c{concurrency}", f"-d{max(int(seconds), 1)}s", "--latency", url]
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    total = re.search(r"(\d+) requests in ([\d.]+)(\w+)", output)
-    if total is None:
-        raise RuntimeError(f"unexpected wrk output:\n{output}")
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    socket_errors = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
-    )
-    duration = float(total.group(2)) * {"ms": 1e-3, "s": 1.0, "m": 60.0}.get(total.group(3), 1.0)
-    return Load(
-        requests=int(total.group(1)),
-        errors=(int(errors.group(1)) if errors else 0)
-        + (sum(int(g) for g in socket_errors.groups()) if socket_errors else 0),
-        seconds=duration,
-        p50_ms=_wrk_percentile(output, "50%"),
-        p99_ms=_wrk_percentile(output, "99%"),
-    )
-
-
-def _wrk_percentile(output: str, label: str) -> float:
-    found = re.search(rf"^\s*{re.escape(label)}\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE)
-    if found is None:
-        return float("nan")
-    return float(found.group(1)) * _UNITS[found.group(2)]
 
 
 if __name__ == "__main__":

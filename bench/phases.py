@@ -83,12 +83,47 @@ def _latency_line(result: Raw) -> str:
     )
 
 
+# -- 0 ----------------------------------------------------------------------------------
+
+
+def cpu(plan: Plan, sink: SinkProcess, log: Log) -> Raw:
+    from bench.cpu import cpu_run
+
+    names = ("none", *SDKS)
+    raw: Raw = {sdk: [] for sdk in names}
+    for run in range(plan.runs):
+        try:
+            results: Raw = cpu_run(rotated(names, run), sink, plan)
+        except (RuntimeError, OSError, ValueError) as exc:
+            log(f"  ! cpu: {exc}")
+            results = {}
+        for sdk in names:
+            result = results.get(sdk)
+            raw[sdk].append(result)
+            if result:
+                log(
+                    f"  run {run + 1} {sdk:9} {result['cpu_us_per_request']:7.1f} µs CPU/request"
+                    f" over {result['requests']} requests"
+                    + ("" if result["all_delivered"] else " (not all events delivered)")
+                )
+    return raw
+
+
 # -- 2 ----------------------------------------------------------------------------------
 
 
 def throughput(plan: Plan, sink: SinkProcess, log: Log) -> Raw:
+    from bench.ceiling import ceiling
+
     raw: Raw = {sdk: [] for sdk in SDKS}
+    raw["sink_ceiling"] = []
     for run in range(plan.runs):
+        limit = ceiling(sink, plan.ceiling_events)
+        raw["sink_ceiling"].append(limit)
+        log(
+            f"  run {run + 1} sink ceiling {limit['events_per_s']:9,.0f}/s"
+            f" (its CPU alone: {limit['cpu_events_per_s']:,.0f}/s)"
+        )
         for sdk in rotated(SDKS, run):
             sink.reset()
             config = {
@@ -98,7 +133,7 @@ def throughput(plan: Plan, sink: SinkProcess, log: Log) -> Raw:
                 "events": plan.throughput_events,
                 "timeout_s": plan.throughput_timeout_s,
             }
-            result = workload("throughput", config, plan.throughput_timeout_s + 30, log)
+            result: Raw | None = workload("throughput", config, plan.throughput_timeout_s + 30, log)
             if result is None:
                 raw[sdk].append(None)
                 continue

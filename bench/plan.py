@@ -9,8 +9,8 @@ from dataclasses import dataclass, replace
 class Plan:
     runs: int = 3  # every figure is the median (min-max) of this many runs
     # 1. call latency
-    latency_calls: int = 100_000
-    latency_budget_s: float = 20.0  # a run is cut here, the call in flight censored
+    latency_calls: int = 50_000
+    latency_budget_s: float = 12.0  # a run is cut here, the call in flight censored
     latency_stall_s: float = 2.0  # ...and so is a run whose one call blocks this long
     # 2. throughput
     throughput_events: int = 50_000
@@ -18,11 +18,15 @@ class Plan:
     # 3. gunicorn
     gunicorn_workers: int = 4
     concurrency: int = 4
-    loadgen: str = "python"
     requests: int = 3000  # per app, cut into ``slices`` interleaved slices
     slices: int = 10
     warmup_requests: int = 400
-    wrk_seconds: float = 3.0
+    # 0. CPU per event (one sync worker per SDK, in turn)
+    cpu_requests: int = 2000
+    cpu_warmup: int = 300
+    cpu_concurrency: int = 2
+    # 2b. the sink's own ceiling (a trivial client, one connection)
+    ceiling_events: int = 50_000
     # 4. fork
     parent_events: int = 10
     child_events: int = 20
@@ -53,14 +57,16 @@ QUICK = replace(
     requests=600,
     slices=3,
     warmup_requests=100,
-    wrk_seconds=1.0,
     preload_requests=8,
     collector_check=False,
     memory_events=10_000,
     forkcost_blocks=6,
     forkcost_calls_per_block=5_000,
+    cpu_requests=600,
+    cpu_warmup=100,
+    ceiling_events=10_000,
 )
 
-PARTS = ("latency", "throughput", "gunicorn", "fork", "memory", "forkcost")
+PARTS = ("cpu", "latency", "throughput", "gunicorn", "fork", "memory", "forkcost")
 CONDITIONS = ("up", "down", "full")
 FORK_MODES = ("fork", "pool", "preload")

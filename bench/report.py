@@ -105,6 +105,35 @@ def _latency(lat: Raw, calls: int) -> list[str]:
     return lines
 
 
+def _cpu(cpu: Raw, plan: Raw) -> list[str]:
+    rows = [
+        [
+            LABELS[sdk],
+            fmt(cpu["sdks"][sdk]["us_per_event"], 1, " µs"),
+            fmt(cpu["sdks"][sdk]["us_per_request"], 1, " µs"),
+            fmt(cpu["sdks"][sdk]["requests"], 0),
+        ]
+        for sdk in SDKS
+    ]
+    rows.append(
+        [
+            LABELS["none"],
+            "0 (the baseline)",
+            fmt(cpu["sdks"]["none"]["us_per_request"], 1, " µs"),
+            fmt(cpu["sdks"]["none"].get("requests"), 0),
+        ]
+    )
+    return [
+        f"### 0. CPU per event in a Gunicorn worker (about {plan['cpu_requests']:,} requests "
+        "per app, one track() each, one sync worker per app, all apps loaded in turns)",
+        "",
+        *_table(["SDK", "CPU per event", "CPU per request", "requests"], rows),
+        f"klime_mp vs the best peer: {fmt(cpu['ratio'], 1, TIMES)} less CPU per event "
+        "(track() and its share of sending, the no-SDK request's CPU subtracted).",
+        "",
+    ]
+
+
 def _throughput(tp: Raw, events: int) -> list[str]:
     rows = [
         [
@@ -125,6 +154,20 @@ def _throughput(tp: Raw, events: int) -> list[str]:
             rows,
         ),
         f"klime_mp vs the best peer: {fmt(tp['ratio'], 1, TIMES)} the events/s.",
+        "",
+        *_sink_ceiling(tp.get("sink")),
+    ]
+
+
+def _sink_ceiling(sink: Raw | None) -> list[str]:
+    if not sink:
+        return []
+    return [
+        f"The sink's own ceiling (a trivial client posting ready-made 100-event batches "
+        f"over one connection): {fmt(sink['events_per_s'], 0)} events/s; its CPU alone "
+        f"would allow {fmt(sink['cpu_events_per_s'], 0)}/s, so the ceiling is the "
+        f"request/response round trip between two processes. klime_mp reached "
+        f"{fmt(sink['klime_mp_share'], 2, TIMES)} of it.",
         "",
     ]
 
@@ -148,7 +191,7 @@ def _gunicorn(gun: Raw, meta: Raw) -> list[str]:
         )
     return [
         f"### 3. Under Gunicorn ({meta['plan']['gunicorn_workers']} sync workers, "
-        f"load generator: {meta['loadgen']}, {meta['plan']['concurrency']} concurrent)",
+        f"{meta['plan']['concurrency']} concurrent clients)",
         "",
         *_table(
             ["app", "req/s", "p50", "p99", "p50 vs none", "p99 vs none", "req/s vs none"], rows
@@ -249,6 +292,8 @@ def markdown(results: Raw, charts: list[str], chart_prefix: str) -> str:
     lines = _meta(meta)
     if results.get("targets"):
         lines += ["### Targets", "", *_targets(results["targets"])]
+    if "cpu" in results:
+        lines += _cpu(results["cpu"], plan)
     if "latency" in results:
         lines += _latency(results["latency"], plan["latency_calls"])
     if "throughput" in results:
@@ -269,6 +314,8 @@ def markdown(results: Raw, charts: list[str], chart_prefix: str) -> str:
 def summary_markdown(results: Raw, charts: list[str], chart_prefix: str) -> str:
     """The short form for the README: the run, the targets, the latency chart."""
     lines = _meta(results["meta"])
+    if "cpu" in results:
+        lines += _cpu(results["cpu"], results["meta"]["plan"])
     if results.get("targets"):
         lines += _targets(results["targets"])
     lines += [f"![{Path(c).stem}]({chart_prefix}{Path(c).name})" for c in charts[:1]]
@@ -290,7 +337,10 @@ def update_between_markers(document: Path, text: str, start: str = START, end: s
     if not document.exists():
         return False
     content = document.read_text()
-    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.DOTALL)
+    # Markers on lines of their own: the prose that names them (in backticks) is not one.
+    pattern = re.compile(
+        "^" + re.escape(start) + "$.*?^" + re.escape(end) + "$", re.DOTALL | re.MULTILINE
+    )
     if not pattern.search(content):
         return False
     document.write_text(pattern.sub(lambda _: f"{start}\n{text}\n{end}", content, count=1))

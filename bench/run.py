@@ -27,7 +27,6 @@ from typing import Any
 
 from bench import phases, summary
 from bench.control import ROOT, RefusedPort, SinkProcess
-from bench.loadgen import wrk_available
 from bench.plan import FULL, PARTS, QUICK, Plan
 from bench.report import update_between_markers, write
 from bench.sdks import versions
@@ -45,13 +44,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a ~1-minute smoke run")
     parser.add_argument("--runs", type=int, help="runs per figure (default 3, quick 1)")
     parser.add_argument("--only", help=f"comma-separated parts: {','.join(PARTS)}")
-    parser.add_argument(
-        "--loadgen",
-        choices=("python", "wrk"),
-        default="python",
-        help="Gunicorn load generator (wrk needs Debian's wrk package)",
-    )
     parser.add_argument("--out", type=Path, help="results folder (default bench/results[/quick])")
+    parser.add_argument(
+        "--redraw",
+        action="store_true",
+        help="measure nothing: redraw the charts and docs from the results folder's JSON",
+    )
     parser.add_argument(
         "--no-docs", action="store_true", help="do not update docs/performance.md and README.md"
     )
@@ -98,6 +96,7 @@ def run_parts(plan: Plan, parts: list[str]) -> dict[str, Any]:
     down = RefusedPort()
     try:
         steps = {
+            "cpu": lambda: phases.cpu(plan, sink, log),
             "latency": lambda: phases.latency(plan, sink, down, log),
             "throughput": lambda: phases.throughput(plan, sink, log),
             "gunicorn": lambda: phases.gunicorn(plan, sink, log),
@@ -118,6 +117,8 @@ def run_parts(plan: Plan, parts: list[str]) -> dict[str, Any]:
 
 def summarize(raw: dict[str, Any], plan: Plan) -> dict[str, Any]:
     results: dict[str, Any] = {}
+    if "cpu" in raw:
+        results["cpu"] = summary.cpu(raw["cpu"])
     if "latency" in raw:
         results["latency"] = summary.latency(raw["latency"])
     if "throughput" in raw:
@@ -165,6 +166,20 @@ def update_docs(results: dict[str, Any], charts: list[str], out: Path) -> None:
             log(f"updated {document.relative_to(ROOT)}")
 
 
+def redraw(out: Path, update: bool) -> int:
+    """Charts, results.md and the docs again from ``out/results.json``."""
+    import json
+
+    from bench.charts import draw
+
+    results = json.loads((out / "results.json").read_text())
+    charts = draw(results, out)
+    log(f"redrawn: {write(results, out, charts)}, {', '.join(charts)}")
+    if update and out == RESULTS:
+        update_docs(results, charts, out)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     missing = missing_modules()
@@ -174,15 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else FULL
     if args.runs:
         plan = replace(plan, runs=args.runs)
-    if args.loadgen == "wrk" and not wrk_available():
-        log("wrk is not installed (apt-get install wrk); using the Python load generator")
-    plan = replace(plan, loadgen="wrk" if args.loadgen == "wrk" and wrk_available() else "python")
     parts = args.only.split(",") if args.only else list(PARTS)
     unknown = set(parts) - set(PARTS)
     if unknown:
         log(f"unknown parts: {', '.join(sorted(unknown))}; choose from {', '.join(PARTS)}")
         return 2
     out = args.out or (RESULTS / "quick" if args.quick else RESULTS)
+    if args.redraw:
+        return redraw(out, update=not args.no_docs)
     started = time.monotonic()
     meta: dict[str, Any] = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -193,7 +207,6 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions(),
         "runs": plan.runs,
         "quick": args.quick,
-        "loadgen": "wrk" if plan.loadgen == "wrk" else "Python (bench/loadgen.py)",
         "parts": parts,
         "load_before": load_average(),
         "plan": asdict(plan),

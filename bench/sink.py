@@ -95,6 +95,7 @@ class Tally:
             "last_event_ns": self.last_event_ns,
             "paths": dict(self.paths),
             "unique_eids": len(self.eids),
+            "cpu_ns": time.process_time_ns(),  # the sink's own CPU: its ceiling
         }
 
 

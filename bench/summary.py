@@ -82,6 +82,31 @@ def latency(raw: Raw) -> Raw:
     return out
 
 
+def cpu(raw: Raw) -> Raw:
+    """Worker CPU per event: per run, the SDK app's CPU per request minus the no-SDK
+    app's, then the median over runs; the ratio is the best peer's over klime_mp's."""
+    base = [_field("cpu_us_per_request")(r) for r in raw["none"]]
+    per_event: dict[str, list[Raw | None]] = {}
+    table: Raw = {}
+    for sdk in SDKS:
+        runs = []
+        for result, none in zip(raw[sdk], base):
+            mine = _field("cpu_us_per_request")(result)
+            runs.append(None if mine is None or none is None else {"us": mine - none})
+        per_event[sdk] = runs
+        table[sdk] = {
+            "us_per_event": _over_runs(runs, _field("us")),
+            "us_per_request": _over_runs(raw[sdk], _field("cpu_us_per_request")),
+            "requests": _over_runs(raw[sdk], _field("requests")),
+        }
+    table["none"] = {
+        "us_per_request": summarize(base),
+        "requests": _over_runs(raw["none"], _field("requests")),
+    }
+    summary, best = _best_peer_ratio(per_event, _field("us"), lower_is_better=True)
+    return {"sdks": table, "ratio": {**summary, "best_peer": best}}
+
+
 def _throughput_run(result: Raw | None) -> Raw | None:
     if not result or not result["sink"]["last_event_ns"]:
         return None
@@ -115,7 +140,17 @@ def throughput(raw: Raw) -> Raw:
         for sdk in SDKS
     }
     summary, best = _best_peer_ratio(runs, _field("events_per_s"), lower_is_better=False)
-    return {"sdks": table, "ratio": {**summary, "best_peer": best}}
+    ceilings = raw.get("sink_ceiling", [])
+    share = [
+        ratio(_field("events_per_s")(mine), _field("events_per_s")(limit))
+        for mine, limit in zip(runs["klime_mp"], ceilings)
+    ]
+    sink = {
+        "events_per_s": _over_runs(ceilings, _field("events_per_s")),
+        "cpu_events_per_s": _over_runs(ceilings, _field("cpu_events_per_s")),
+        "klime_mp_share": summarize(share),
+    }
+    return {"sdks": table, "ratio": {**summary, "best_peer": best}, "sink": sink}
 
 
 def gunicorn(raw: Raw) -> Raw:

@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import Any
 
 from bench.control import ROOT, free_port, get_json
-from bench.loadgen import Load, run_python, run_wrk
+from bench.loadgen import Load, run_python
 
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 40.0
@@ -121,21 +121,15 @@ def serve_load(names: list[str], sink_url: str, plan: Any) -> dict[str, dict[str
     """Part 3: one gunicorn per SDK (and one without), all running, loaded in turn.
 
     Only one app is under load at any moment; the others sit idle (their SDK threads
-    asleep). With the Python generator the apps take turns in short slices (see
-    ``bench.loadgen``); wrk measures them one after the other."""
+    asleep); the apps take turns in short slices (see ``bench.loadgen``)."""
     servers: list[Gunicorn] = []
     try:
         servers.extend(Gunicorn(name, sink_url, plan.gunicorn_workers) for name in names)
         for server in servers:
             server.wait_ready()
         targets = [f"{server.url}/" for server in servers]
-        if plan.loadgen == "wrk":
-            for target in targets:
-                run_wrk(target, 1, plan.concurrency)  # warm-up
-            loads = [run_wrk(target, plan.wrk_seconds, plan.concurrency) for target in targets]
-        else:
-            run_python(targets, plan.warmup_requests, plan.concurrency, 1)
-            loads = run_python(targets, plan.requests, plan.concurrency, plan.slices)
+        run_python(targets, plan.warmup_requests, plan.concurrency, 1)
+        loads = run_python(targets, plan.requests, plan.concurrency, plan.slices)
     finally:
         for server in servers:
             server.stop()

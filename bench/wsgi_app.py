@@ -14,6 +14,7 @@ written; this one does what the benchmark needs and nothing else.)
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable
 from typing import Any, Callable
 from urllib.parse import parse_qs
@@ -41,6 +42,10 @@ HEADERS = [("Content-Type", "text/plain"), ("Content-Length", "2")]
 
 
 def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+    if environ.get("PATH_INFO") == "/cpu":  # this worker's CPU time so far (bench/cpu.py)
+        used = str(time.process_time_ns()).encode()
+        start_response("200 OK", [("Content-Length", str(len(used)))])
+        return [used]
     if environ.get("PATH_INFO") == "/health":
         start_response("200 OK", HEADERS)
         return OK

@@ -262,3 +262,94 @@ def test_a_raising_on_error_for_an_oversized_event_never_reaches_the_caller(
     client.track("Big", {"blob": "x" * MAX_EVENT_BYTES}, user_id="u")  # must not raise
     assert client.stats().dropped == {"oversized": 1}
     assert any("on_error callback raised" in r.getMessage() for r in caplog.records)
+
+
+# -- encode_track / encode_identify / encode_group: the same bytes, the same errors ----
+
+
+def _both_ways(call: tuple[Any, ...]) -> tuple[Any, Any]:
+    """What the dict path and the byte path make of one call: bytes, or (type, message)."""
+    kind, *args = call
+    build, encode = {
+        "track": (events.build_track, events.encode_track),
+        "identify": (events.build_identify, events.encode_identify),
+        "group": (events.build_group, events.encode_group),
+    }[kind]
+    results = []
+    for make in (lambda: events.serialize(build(*args)), lambda: encode(*args)):
+        try:
+            results.append(make())
+        except (TypeError, ValueError) as exc:
+            results.append((type(exc), str(exc)))
+    return results[0], results[1]
+
+
+def test_encoders_give_the_bytes_and_errors_of_serialize(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hypothesis import HealthCheck, given, settings
+
+    from tests.test_fuzz import CALLS
+
+    monkeypatch.setattr(events, "new_message_id", lambda: "0b7c7b1e-54d5-4a0e-9b39-4f0e9f0c2d11")
+    monkeypatch.setattr(events, "timestamp_now", lambda: "2026-12-02T03:04:05.678Z")
+
+    @settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(call=CALLS)
+    def run(call: tuple[Any, ...]) -> None:
+        by_dict, by_bytes = _both_ways(call)
+        assert by_bytes == by_dict
+
+    run()
+
+
+@pytest.mark.parametrize(
+    ("call", "expected"),
+    [
+        (
+            ("track", "Signed Up", {"plan": "pro", "n": 3, "r": 1e-07}, "u1", 7),
+            '{"type":"track","messageId":"M","timestamp":"T","event":"Signed Up",'
+            '"userId":"u1","groupId":"7","properties":{"plan":"pro","n":3,"r":1e-07},',
+        ),
+        (
+            ("identify", "u\u2028é", None),
+            '{"type":"identify","messageId":"M","timestamp":"T","userId":"u\u2028é","traits":{},',
+        ),
+        (
+            ("group", "g", {"k": [1, None]}, "u"),
+            '{"type":"group","messageId":"M","timestamp":"T","userId":"u","groupId":"g",'
+            '"traits":{"k":[1,null]},',
+        ),
+    ],
+)
+def test_encoded_events_are_compact_utf8_json_in_the_official_key_order(
+    call: tuple[Any, ...], expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(events, "new_message_id", lambda: "M")
+    monkeypatch.setattr(events, "timestamp_now", lambda: "T")
+    by_dict, by_bytes = _both_ways(call)
+    tail = f'"context":{{"library":{{"name":"klime_mp","version":"{__version__}"}}}}}}'
+    assert by_bytes == (expected + tail).encode("utf-8") == by_dict
+
+
+@pytest.mark.parametrize("depth", [64, 65, 900])
+def test_encoders_keep_the_depth_limit(depth: int) -> None:
+    value: Any = 1
+    for _ in range(depth):
+        value = {"x": value}
+    if depth <= 64:
+        assert json.loads(events.encode_track("A", value, "u", None))["properties"] == value
+    else:
+        with pytest.raises(ValueError, match=r"properties.* is nested more than 64 levels deep"):
+            events.encode_track("A", value, "u", None)
+        with pytest.raises(ValueError, match=r"traits.* is nested more than 64 levels deep"):
+            events.encode_group("g", value, None)
+
+
+def test_timestamps_have_the_milliseconds_of_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    for now, expected in [
+        (1764644645.0071, "2025-12-02T03:04:05.007Z"),
+        (1764644645.999, "2025-12-02T03:04:05.999Z"),
+        (1764644646.0, "2025-12-02T03:04:06.000Z"),
+        (0.5, "1970-01-01T00:00:00.500Z"),
+    ]:
+        monkeypatch.setattr(events.time, "time", lambda now=now: now)
+        assert events.timestamp_now() == expected
