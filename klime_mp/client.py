@@ -1,6 +1,6 @@
 """KlimeClient: the official SDK's API on top of a per-process worker.
 
-An event's path: ``track()`` builds and encodes it (``events``), takes this process's
+An event's path: ``track()`` encodes it (``events.encode_track``), takes this process's
 worker (``forksafe.ProcessLocal.get``: rebuilt after a fork) and appends the bytes to
 its queue (``worker.Worker.enqueue``); the worker's thread batches them and POSTs them
 (``delivery.Deliverer.send``, one attempt at a time through ``transport.Transport.post``).
@@ -9,6 +9,7 @@ its queue (``worker.Worker.enqueue``); the worker's thread batches them and POST
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -91,17 +92,17 @@ class KlimeClient:
         group_id: events.Id | None = None,
     ) -> None:
         """Queue a track event; needs ``user_id`` or ``group_id`` (or both)."""
-        self._enqueue(events.build_track(event, properties, user_id, group_id))
+        self._enqueue(events.encode_track(event, properties, user_id, group_id))
 
     def identify(self, user_id: events.Id, traits: Properties = None) -> None:
         """Queue an identify event for ``user_id``."""
-        self._enqueue(events.build_identify(user_id, traits))
+        self._enqueue(events.encode_identify(user_id, traits))
 
     def group(
         self, group_id: events.Id, traits: Properties = None, user_id: events.Id | None = None
     ) -> None:
         """Queue a group event; with ``user_id`` it also links the user to the group."""
-        self._enqueue(events.build_group(group_id, traits, user_id))
+        self._enqueue(events.encode_group(group_id, traits, user_id))
 
     # -- synchronous: send now, return the server's answer or raise SendError -------------
 
@@ -170,15 +171,15 @@ class KlimeClient:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _enqueue(self, body: dict[str, Any]) -> None:
-        data = events.serialize(body)
+    def _enqueue(self, data: bytes) -> None:
+        """Hand one encoded event to this process's worker (built once per process)."""
         worker = self._worker.get()
         try:
             events.check_size(data)
         except EventTooLargeError as error:
             # Oversized events depend on data, not on the code path: raising here could
             # fail a web request in production, so they are dropped, counted and reported.
-            worker.refuse(OVERSIZED, error, [body])
+            worker.refuse(OVERSIZED, error, [json.loads(data)])
             return
         worker.enqueue(data)
         if forksafe.exit_flushed_pid:  # only once the process is exiting
