@@ -18,7 +18,7 @@ from klime_mp import spool
 
 def record(index: int, size: int = 0) -> bytes:
     head = b"rec-%08d" % index
-    return head + bytes(index % 251 for _ in range(max(0, size - len(head))))
+    return head + bytes([index % 251]) * max(0, size - len(head))
 
 
 def open_log(app: Path) -> spool.EventLog:
