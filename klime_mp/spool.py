@@ -835,7 +835,7 @@ class AppStatus:
     oldest_pending_age: float | None  # seconds since the oldest pending record was written
     live: int  # logs held by a live process (writers, and claimers of orphans)
     orphans: int  # logs of dead processes waiting for a claimer
-    torn: int  # corrupt regions met while counting
+    torn: int  # corrupt regions in orphans (a live writer's tail may be mid-write)
 
 
 def status(spool_dir: PathLike) -> list[AppStatus]:
@@ -867,7 +867,7 @@ def _app_status(app_dir: Path) -> AppStatus:
         files = listing.segments.get(log_id, {})
         for seq in sorted(files):
             count, corrupt, first = _count(files[seq].path, acked, seq)
-            pending, torn = pending + count, torn + corrupt
+            pending, torn = pending + count, torn + (0 if alive else corrupt)
             if first is not None and (oldest is None or first < oldest):
                 oldest = first
     age = None if oldest is None else max(0.0, time.time() - oldest)
