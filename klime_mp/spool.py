@@ -430,12 +430,17 @@ class EventLog(_Log):
         self._appended = 0
         self._settled_count = 0  # acknowledged or dropped by the size limit
         self._unchecked = 0  # bytes written since the size limit was last checked
-        self._roll = False  # a failed write left the active segment unusable
+        self._roll = False  # the active segment is full (or a failed write spoilt it)
         self._seen = START  # corrupt regions are counted once, on first read
 
     @classmethod
     def open(cls, app_dir: PathLike, *, max_bytes: int, on_loss: LossCallback) -> EventLog:
-        """A new log in ``app_dir`` (created 0700); SpoolUnavailable if it cannot be used."""
+        """A new log in ``app_dir`` (created 0700); SpoolUnavailable if it cannot be used.
+
+        ``on_loss(reason, records)`` is called when the size limit deletes records. It runs
+        inside ``append`` (so under the caller's append lock, which it must not take again)
+        and never inside this log's own lock.
+        """
         _check_limit("max_bytes", max_bytes)
         if not callable(on_loss):
             raise TypeError("on_loss must be callable")
@@ -463,7 +468,11 @@ class EventLog(_Log):
         return log
 
     def append(self, data: bytes) -> None:
-        """Write one record with one ``os.write``; OSError if it could not be written."""
+        """Write one record with one ``os.write``; OSError if it could not be written.
+
+        No PID check here (it would cost a system call per event): a forked child must not
+        call this on its parent's log; the caller's fork detection calls ``abandon()``.
+        """
         record = fmt.frame(data)
         if self._unchecked >= CHECK_EVERY_BYTES or self._roll:
             self._maintain()
@@ -489,7 +498,8 @@ class EventLog(_Log):
         survive a power loss at a chosen point, e.g. an explicit flush. Costs a disk flush."""
         with self._lock:
             self._check_open()
-            os.fdatasync(self._active.fd)
+            for segment in self._segments:  # a roll since the last sync left older ones
+                os.fdatasync(segment.fd)
             os.fdatasync(self._ledger_fd)
 
     def close(self) -> None:
@@ -504,7 +514,12 @@ class EventLog(_Log):
 
     def abandon(self) -> None:
         """In a forked child, for the parent's log: close this process's descriptors and
-        nothing else (no lock, no write, no delete; the parent owns the files)."""
+        nothing else (no lock, no write, no delete; the parent owns the files).
+
+        Call it before this process claims any orphan: if the parent has died meanwhile
+        and this process claimed its log, closing the inherited ledger descriptor would
+        drop this process's own lock on it (a POSIX lock goes with any close).
+        """
         # Not self._lock: another thread of the parent may have held it at the fork.
         self._closed = True
         for segment in self._segments + self._dropped:

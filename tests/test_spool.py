@@ -347,6 +347,44 @@ def test_foreign_and_damaged_files_are_skipped_with_one_warning(
     assert sum("subdir" in message for message in warnings) == 1
 
 
+def test_damaged_ledger_resends_the_whole_log(app: Path) -> None:
+    log = open_log(app)
+    for index in range(5):
+        log.append(record(index))
+    log.take(3, 1 << 20)
+    log.acknowledge(3)
+    log.close()
+    (ledger,) = app.glob("*.ledger")
+    ledger.write_bytes(b"\0" * 24)  # the acknowledged position is gone
+    orphan = spool.claim_orphan(app)
+    assert orphan is not None
+    assert read_all(orphan) == [record(i) for i in range(5)]  # duplicates, never losses
+    orphan.release()
+
+
+def test_ledger_left_under_its_temporary_name_is_cleaned_up(app: Path) -> None:
+    leave_orphan(app, [])  # creates the directory
+    temporary = app / ".123-0000abcd.ledger.tmp"
+    temporary.write_bytes(b"")
+    fresh = app / ".124-0000abcd.ledger.tmp"
+    fresh.write_bytes(b"")
+    os.utime(temporary, (1_000_000_000, 1_000_000_000))  # written long ago: a crash
+    assert spool.claim_orphan(app) is None
+    assert not temporary.exists()
+    assert fresh.exists()  # might be a writer between create and rename: left alone
+
+
+def test_closed_log_refuses_use(app: Path) -> None:
+    log = open_log(app)
+    log.append(b"x")
+    log.sync()
+    log.close()
+    with pytest.raises(OSError):
+        log.append(b"y")  # the caller falls back to memory, as for a failed write
+    with pytest.raises(ValueError, match="closed"):
+        log.take(1, 1)
+
+
 # -- claiming -----------------------------------------------------------------------------------
 
 
