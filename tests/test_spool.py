@@ -572,7 +572,14 @@ def test_segment_in_flight_is_not_dropped(app: Path, monkeypatch: pytest.MonkeyP
 # -- fork --------------------------------------------------------------------------------------
 
 
+# Under pytest-xdist the worker runs a thread of its own; the children here touch only files.
+FORK_IN_THREADED_WORKER = pytest.mark.filterwarnings(
+    "ignore:This process .* is multi-threaded:DeprecationWarning"
+)
+
+
 @pytest.mark.fork
+@FORK_IN_THREADED_WORKER
 def test_forked_child_abandons_the_parent_log_and_claims_nothing(app: Path) -> None:
     log = open_log(app)
     for index in range(10):
@@ -595,6 +602,7 @@ def test_forked_child_abandons_the_parent_log_and_claims_nothing(app: Path) -> N
 
 
 @pytest.mark.fork
+@FORK_IN_THREADED_WORKER
 def test_parent_death_frees_its_log_for_a_forked_child(app: Path) -> None:
     # POSIX locks are not inherited: a child that outlives its parent claims its log, even
     # one that never called abandon() (forked from C, say) and still has the descriptors.
