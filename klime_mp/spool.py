@@ -47,24 +47,55 @@ oldest modification time first. Their unacknowledged records are passed to ``on_
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import hashlib
 import logging
 import os
-import re
 import secrets
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 from klime_mp import spool_format as fmt
+from klime_mp.spool_files import (
+    EVERYTHING,
+    LEDGER_SUFFIX,
+    SEGMENT_NAME,
+    SEQ_SHIFT,
+    Listing,
+    Log,
+    PathLike,
+    Segment,
+    check_limit,
+    ledger_path,
+    list_directory,
+    lock_existing,
+    reserve,
+    segment_path,
+    settle,
+    unlink,
+    warn_once,
+)
 from klime_mp.spool_format import START, Position
+from klime_mp.spool_status import AppStatus, app_directories, status
+
+__all__ = [
+    "CHECK_EVERY_BYTES",
+    "DEFAULT_MAX_BYTES",
+    "SEGMENT_BYTES",
+    "SPOOL_FULL",
+    "AppStatus",
+    "EventLog",
+    "LossCallback",
+    "Orphan",
+    "SpoolUnavailable",
+    "app_directories",
+    "app_directory",
+    "claim_orphan",
+    "status",
+]
+
 
 logger = logging.getLogger(__name__)
 
@@ -77,22 +108,6 @@ CHECK_EVERY_BYTES = 1024 * 1024
 SPOOL_FULL = "spool_full"  # the on_loss reason when the size limit drops records
 STALE_TEMP_S = 60.0  # a ledger still under its temporary name this long was left by a crash
 
-LEDGER_SUFFIX = ".ledger"
-SEGMENT_SUFFIX = ".seg"
-_TEMP = re.compile(r"^\.(\d+-[0-9a-f]{8})\.ledger\.tmp$")
-_LEDGER_NAME = re.compile(r"^(\d+-[0-9a-f]{8})\.ledger$")
-_SEGMENT_NAME = re.compile(r"^(\d+-[0-9a-f]{8})-(\d{8})\.seg$")
-APP_NAME = re.compile(r"^[0-9a-f]{16}$")
-_EVERYTHING = 1 << 62  # no limit on a read
-# A record's end is kept in flight as one int, segment << _SEQ_SHIFT | offset: a plain int
-# per record instead of a tuple keeps take() cheap.
-_SEQ_SHIFT = 40
-
-
-def _position(packed: int) -> Position:
-    return Position(packed >> _SEQ_SHIFT, packed & ((1 << _SEQ_SHIFT) - 1))
-
-PathLike = Union[str, "os.PathLike[str]"]
 LossCallback = Callable[[str, list[bytes]], None]
 
 
@@ -110,307 +125,10 @@ def app_directory(spool_dir: PathLike, endpoint: str, write_key: str) -> Path:
     return Path(spool_dir) / digest
 
 
-# -- warnings ----------------------------------------------------------------------------
-
-_warned: set[str] = set()
-
-
-def _warn_once(key: str, message: str, *args: object) -> None:
-    if key not in _warned and len(_warned) < 10_000:
-        _warned.add(key)
-        logger.warning(message, *args)
-
-
-# -- the per-process registry of held ledgers --------------------------------------------
-
-
-class _Registry:
-    """The ledgers this process holds a lock on (own logs and claimed orphans), by path."""
-
-    def __init__(self) -> None:
-        self.pid = os.getpid()
-        self.lock = threading.Lock()
-        self.held: dict[str, _Log | None] = {}  # None: being claimed right now
-
-
-_registry = _Registry()
-
-
-def _this_process() -> _Registry:
-    # A forked child (also one forked from C, which runs no at-fork hook) holds none of
-    # its parent's locks: it gets an empty registry and a new lock, never the inherited one.
-    global _registry
-    if _registry.pid != os.getpid():
-        _registry = _Registry()
-    return _registry
-
-
-def _reserve(key: str) -> bool:
-    registry = _this_process()
-    with registry.lock:
-        if key in registry.held:
-            return False
-        registry.held[key] = None
-        return True
-
-
-def _settle(key: str, holder: _Log | None) -> None:
-    registry = _this_process()
-    with registry.lock:
-        if holder is None:
-            registry.held.pop(key, None)
-        else:
-            registry.held[key] = holder
-
-
-def _held(key: str) -> _Log | bool | None:
-    """The holder in this process, None while it is being claimed, False if not held."""
-    registry = _this_process()
-    with registry.lock:
-        return registry.held.get(key, False)
-
-
-def _lock_existing(path: str) -> int | None:
-    """A descriptor holding the exclusive lock on ``path``, or None if it is held elsewhere
-    or gone. Only call for a path reserved in the registry (see the module docstring)."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if os.stat(path).st_ino == os.fstat(fd).st_ino:
-            return fd
-    except OSError:  # held by a live process (EAGAIN/EACCES), or deleted meanwhile
-        pass
-    os.close(fd)
-    return None
-
-
-# -- directory listing -------------------------------------------------------------------
-
-
-@dataclass
-class _File:
-    path: str
-    size: int
-    mtime: float
-
-
-@dataclass
-class _Listing:
-    ledgers: dict[str, _File]
-    segments: dict[str, dict[int, _File]]  # log -> seq -> file
-    temps: list[_File]
-
-    def total_bytes(self) -> int:
-        return sum(f.size for files in self.segments.values() for f in files.values())
-
-
-def _list(app_dir: str) -> _Listing:
-    listing = _Listing({}, {}, [])
-    with os.scandir(app_dir) as entries:
-        for entry in entries:
-            try:
-                info = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            found = _File(entry.path, info.st_size, info.st_mtime)
-            if not entry.is_file(follow_symlinks=False):
-                _warn_once(entry.path, "spool: skipping %s (not a regular file)", entry.path)
-            elif match := _SEGMENT_NAME.match(entry.name):
-                listing.segments.setdefault(match[1], {})[int(match[2])] = found
-            elif match := _LEDGER_NAME.match(entry.name):
-                listing.ledgers[match[1]] = found
-            elif _TEMP.match(entry.name):
-                listing.temps.append(found)
-            else:
-                _warn_once(entry.path, "spool: skipping foreign file %s", entry.path)
-    return listing
-
-
-def _segment_path(app_dir: str, log_id: str, seq: int) -> str:
-    return os.path.join(app_dir, f"{log_id}-{seq:08d}{SEGMENT_SUFFIX}")
-
-
-def _ledger_path(app_dir: str, log_id: str) -> str:
-    return os.path.join(app_dir, f"{log_id}{LEDGER_SUFFIX}")
-
-
-def _unlink(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
-# -- reading and acknowledging, shared by own logs and orphans ---------------------------
-
-
-class _Segment:
-    __slots__ = ("fd", "path", "seq", "size")
-
-    def __init__(self, seq: int, fd: int, path: str, size: int) -> None:
-        self.seq = seq
-        self.fd = fd
-        self.path = path
-        self.size = size  # bytes that hold complete records (own log) or the file size
-
-
-class _Log:
-    """Segments, a read cursor, the records in flight and the persisted acknowledgement.
-
-    ``take``/``acknowledge``/``rewind`` come from one thread at a time (the sender). Only
-    they close descriptors, so ``take`` can read outside ``_lock``; a segment dropped by the
-    size limit meanwhile bumps ``_generation`` and the read is done again.
-    """
-
-    def __init__(
-        self, app_dir: str, log_id: str, ledger_fd: int, acked: Position, segments: list[_Segment]
-    ) -> None:
-        self._app_dir = app_dir
-        self._log_id = log_id
-        self._ledger_path = _ledger_path(app_dir, log_id)
-        self._ledger_fd = ledger_fd
-        self._segments = segments  # ascending seq
-        self._dropped: list[_Segment] = []  # truncated and unlinked; fd closed by the reader
-        self._lock = threading.Lock()
-        self._generation = 0
-        self._acked = acked
-        self._cursor = acked
-        self._in_flight: deque[int] = deque()  # end of each taken record, see _position
-        self._closed = False
-        self.torn = 0
-
-    def take(self, max_events: int, max_bytes: int) -> list[bytes]:
-        """The next records after the read cursor, within the limits (at least one)."""
-        _check_limit("max_events", max_events)
-        _check_limit("max_bytes", max_bytes)
-        self._close_dropped()
-        while True:
-            with self._lock:
-                self._check_open()
-                generation, cursor = self._generation, self._cursor
-                view = [(s.seq, s.fd, s.size) for s in self._segments if s.seq >= cursor.segment]
-            batch = fmt.Batch()
-            ends: list[int] = []
-            last = cursor
-            for seq, fd, size in view:
-                offset = cursor.offset if seq == cursor.segment else 0
-                before = len(batch.ends)
-                stop = fmt.read(fd, offset, size, max_events, max_bytes, batch)
-                ends.extend(map((seq << _SEQ_SHIFT).__add__, batch.ends[before:]))
-                last = Position(seq, stop)
-                if stop < size or len(batch.payloads) >= max_events:
-                    break
-            with self._lock:
-                if generation != self._generation:
-                    continue  # a segment was dropped under the read: read again
-                self._cursor = last
-                self._in_flight.extend(ends)
-                self._count_torn(cursor, last, batch.corrupt)
-            return batch.payloads
-
-    def acknowledge(self, count: int) -> None:
-        """Settle the oldest ``count`` taken records: persist the position, free segments."""
-        if isinstance(count, bool) or not isinstance(count, int):
-            raise TypeError(f"count must be an int, got {type(count).__name__}")
-        with self._lock:
-            self._check_open()
-            if not 0 <= count <= len(self._in_flight):
-                raise ValueError(
-                    f"count must be between 0 and {len(self._in_flight)} (records taken and "
-                    f"not acknowledged), got {count}"
-                )
-            if count == 0:
-                return
-            for _ in range(count - 1):
-                self._in_flight.popleft()
-            self._acked = _position(self._in_flight.popleft())
-            self._settled(count)
-            self._persist()
-            self._free_acknowledged()
-        self._close_dropped()
-
-    def rewind(self) -> None:
-        """Forget what was taken and not acknowledged: read it again from the ledger's place."""
-        with self._lock:
-            self._check_open()
-            self._cursor = self._acked
-            self._in_flight.clear()
-
-    def _persist(self) -> None:
-        try:
-            os.pwrite(self._ledger_fd, fmt.pack_ledger(self._acked), 0)
-        except OSError as exc:  # kept in memory; a successor would resend (ids dedupe)
-            _warn_once(f"ack:{self._app_dir}", "spool: cannot record acknowledgement: %s", exc)
-
-    def _free_acknowledged(self) -> None:
-        acked = self._acked
-        while self._segments and not self._is_active(self._segments[0]):
-            first = self._segments[0]
-            done = first.seq < acked.segment or (
-                first.seq == acked.segment and acked.offset >= first.size
-            )
-            if not done:
-                return
-            self._segments.pop(0)
-            _unlink(first.path)
-            os.close(first.fd)
-
-    def _close_dropped(self) -> None:
-        with self._lock:
-            dropped, self._dropped = self._dropped, []
-        for segment in dropped:
-            os.close(segment.fd)
-
-    def _has_data_after_ack(self) -> bool:
-        acked = self._acked
-        return any(
-            s.seq > acked.segment or (s.seq == acked.segment and s.size > acked.offset)
-            for s in self._segments
-        )
-
-    def _close_files(self, delete: bool) -> None:
-        # Segments before the ledger: a log found without its ledger is never a live one.
-        for segment in self._segments + self._dropped:
-            if delete:
-                _unlink(segment.path)
-            os.close(segment.fd)
-        self._segments, self._dropped = [], []
-        if delete:
-            _unlink(self._ledger_path)
-        os.close(self._ledger_fd)  # drops the lock: last
-        _settle(self._ledger_path, None)
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ValueError("the spool log is closed")
-
-    # Hooks for the two kinds of log.
-    def _is_active(self, segment: _Segment) -> bool:
-        return False
-
-    def _settled(self, count: int) -> None:
-        pass
-
-    def _count_torn(self, start: Position, end: Position, corrupt: int) -> None:
-        pass
-
-    def _acknowledged_position(self) -> Position:
-        with self._lock:
-            return self._acked
-
-
-def _check_limit(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be at least 1, got {value}")
-
-
 # -- this process's own log --------------------------------------------------------------
 
 
-class EventLog(_Log):
+class EventLog(Log):
     """This process's log for one app. ``append`` comes from one thread at a time (the
     caller holds its own lock); ``take``/``acknowledge``/``rewind`` from the sender."""
 
@@ -419,7 +137,7 @@ class EventLog(_Log):
         app_dir: str,
         log_id: str,
         ledger_fd: int,
-        first: _Segment,
+        first: Segment,
         max_bytes: int,
         on_loss: LossCallback,
     ) -> None:
@@ -441,7 +159,7 @@ class EventLog(_Log):
         inside ``append`` (so under the caller's append lock, which it must not take again)
         and never inside this log's own lock.
         """
-        _check_limit("max_bytes", max_bytes)
+        check_limit("max_bytes", max_bytes)
         if not callable(on_loss):
             raise TypeError("on_loss must be callable")
         directory = _prepare_directory(app_dir)
@@ -459,12 +177,12 @@ class EventLog(_Log):
         try:
             first = _open_segment(directory, log_id, 1)
         except OSError as exc:
-            _unlink(_ledger_path(directory, log_id))
+            unlink(ledger_path(directory, log_id))
             os.close(ledger_fd)
-            _settle(_ledger_path(directory, log_id), None)
+            settle(ledger_path(directory, log_id), None)
             raise SpoolUnavailable(f"cannot write in {directory}: {exc}") from exc
         log = cls(directory, log_id, ledger_fd, first, max_bytes, on_loss)
-        _settle(log._ledger_path, log)
+        settle(log._ledger_path, log)
         return log
 
     def append(self, data: bytes) -> None:
@@ -527,7 +245,7 @@ class EventLog(_Log):
         os.close(self._ledger_fd)  # this process never held the lock: the parent keeps it
         self._segments, self._dropped = [], []
 
-    def _undo_short_write(self, segment: _Segment, written: int) -> None:
+    def _undo_short_write(self, segment: Segment, written: int) -> None:
         # A disk that fills mid-record: cut the partial record off, so the next record
         # starts where the reader expects one; if that fails, roll to a new segment.
         try:
@@ -550,7 +268,7 @@ class EventLog(_Log):
 
     def _enforce_limit(self) -> None:
         try:
-            listing = _list(self._app_dir)
+            listing = list_directory(self._app_dir)
         except OSError:
             return
         total = listing.total_bytes()
@@ -576,7 +294,7 @@ class EventLog(_Log):
                     orphan.release()
 
     def _drop(
-        self, listing: _Listing, orphans: dict[str, Orphan | None], log_id: str, seq: int
+        self, listing: Listing, orphans: dict[str, Orphan | None], log_id: str, seq: int
     ) -> list[bytes] | None:
         """Delete one segment; its unacknowledged records, or None if it must stay."""
         if log_id == self._log_id:
@@ -595,15 +313,15 @@ class EventLog(_Log):
             flight = self._in_flight
             if segment is None or segment is self._active:
                 return None
-            if flight and flight[0] >> _SEQ_SHIFT <= seq <= flight[-1] >> _SEQ_SHIFT:
+            if flight and flight[0] >> SEQ_SHIFT <= seq <= flight[-1] >> SEQ_SHIFT:
                 return None  # its records are being sent: they will be acknowledged
             cursor = self._cursor
             start = cursor.offset if cursor.segment == seq else 0
             batch = fmt.Batch()
             if cursor.segment <= seq:
-                fmt.read(segment.fd, start, segment.size, _EVERYTHING, _EVERYTHING, batch)
+                fmt.read(segment.fd, start, segment.size, EVERYTHING, EVERYTHING, batch)
             os.ftruncate(segment.fd, 0)  # frees the space now; the reader closes the fd
-            _unlink(segment.path)
+            unlink(segment.path)
             self._segments.remove(segment)
             self._dropped.append(segment)
             self._generation += 1
@@ -618,7 +336,7 @@ class EventLog(_Log):
         except Exception:
             logger.exception("spool: on_loss raised")
 
-    def _is_active(self, segment: _Segment) -> bool:
+    def _is_active(self, segment: Segment) -> bool:
         return segment is self._active
 
     def _settled(self, count: int) -> None:
@@ -628,7 +346,7 @@ class EventLog(_Log):
         if start >= self._seen:
             self.torn += corrupt
             if corrupt:
-                _warn_once(
+                warn_once(
                     f"torn:{self._ledger_path}",
                     "spool: corrupt records skipped in %s",
                     self._ledger_path,
@@ -651,27 +369,27 @@ def _prepare_directory(app_dir: PathLike) -> str:
 
 def _create_ledger(app_dir: str, log_id: str) -> int:
     """A locked ledger that appears under its final name only once it is locked."""
-    final = _ledger_path(app_dir, log_id)
+    final = ledger_path(app_dir, log_id)
     temporary = os.path.join(app_dir, f".{log_id}{LEDGER_SUFFIX}.tmp")
     fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         if os.pwrite(fd, fmt.pack_ledger(START), 0) != fmt.LEDGER_BYTES:
             raise OSError(errno.ENOSPC, "short write of the ledger")
-        _reserve(final)
+        reserve(final)
         os.rename(temporary, final)
     except OSError:
-        _settle(final, None)
-        _unlink(temporary)
+        settle(final, None)
+        unlink(temporary)
         os.close(fd)
         raise
     return fd
 
 
-def _open_segment(app_dir: str, log_id: str, seq: int) -> _Segment:
-    path = _segment_path(app_dir, log_id, seq)
+def _open_segment(app_dir: str, log_id: str, seq: int) -> Segment:
+    path = segment_path(app_dir, log_id, seq)
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
-    return _Segment(seq, os.open(path, flags, 0o600), path, 0)
+    return Segment(seq, os.open(path, flags, 0o600), path, 0)
 
 
 def _drop_stray(path: str) -> list[bytes]:
@@ -681,8 +399,8 @@ def _drop_stray(path: str) -> list[bytes]:
         return []
     try:
         batch = fmt.Batch()
-        fmt.read(fd, 0, os.fstat(fd).st_size, _EVERYTHING, _EVERYTHING, batch)
-        _unlink(path)
+        fmt.read(fd, 0, os.fstat(fd).st_size, EVERYTHING, EVERYTHING, batch)
+        unlink(path)
     finally:
         os.close(fd)
     return batch.payloads
@@ -691,11 +409,11 @@ def _drop_stray(path: str) -> list[bytes]:
 # -- orphans -----------------------------------------------------------------------------
 
 
-class Orphan(_Log):
+class Orphan(Log):
     """A claimed log of a dead process: read it, acknowledge (persisted), then release."""
 
     def __init__(
-        self, app_dir: str, log_id: str, ledger_fd: int, acked: Position, segments: list[_Segment]
+        self, app_dir: str, log_id: str, ledger_fd: int, acked: Position, segments: list[Segment]
     ) -> None:
         super().__init__(app_dir, log_id, ledger_fd, acked, segments)
         self._total: int | None = None  # records after the ledger's position at the claim
@@ -731,7 +449,7 @@ class Orphan(_Log):
         for segment in self._segments:
             start = self._acked.offset if segment.seq == self._acked.segment else 0
             batch = fmt.Batch()
-            fmt.read(segment.fd, start, segment.size, _EVERYTHING, _EVERYTHING, batch)
+            fmt.read(segment.fd, start, segment.size, EVERYTHING, EVERYTHING, batch)
             total += len(batch.payloads)
             corrupt += batch.corrupt
         self._total, self.torn = total, corrupt
@@ -747,8 +465,8 @@ class Orphan(_Log):
         batch = fmt.Batch()
         if seq >= self._acked.segment:
             start = self._acked.offset if seq == self._acked.segment else 0
-            fmt.read(segment.fd, start, segment.size, _EVERYTHING, _EVERYTHING, batch)
-        _unlink(segment.path)
+            fmt.read(segment.fd, start, segment.size, EVERYTHING, EVERYTHING, batch)
+        unlink(segment.path)
         self._segments.remove(segment)
         os.close(segment.fd)
         return batch.payloads
@@ -762,11 +480,11 @@ def claim_orphan(app_dir: PathLike) -> Orphan | None:
     """
     directory = os.path.realpath(os.fspath(app_dir))
     try:
-        listing = _list(directory)
+        listing = list_directory(directory)
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
-        _warn_once(f"list:{directory}", "spool: cannot read %s: %s", directory, exc)
+        warn_once(f"list:{directory}", "spool: cannot read %s: %s", directory, exc)
         return None
     _remove_stale_temps(listing)
     for log_id in sorted(listing.ledgers, key=lambda name: listing.ledgers[name].mtime):
@@ -780,166 +498,56 @@ def claim_orphan(app_dir: PathLike) -> Orphan | None:
 
 
 def _claim(app_dir: str, log_id: str, *, scan: bool) -> Orphan | None:
-    path = _ledger_path(app_dir, log_id)
-    if not _reserve(path):
+    path = ledger_path(app_dir, log_id)
+    if not reserve(path):
         return None  # this process holds it (its own log, or claimed by another thread)
-    fd = _lock_existing(path)
+    fd = lock_existing(path)
     if fd is None:
-        _settle(path, None)
+        settle(path, None)
         return None
     try:
         orphan = _load_orphan(app_dir, log_id, fd)
         if scan:
             orphan._scan()
     except OSError as exc:
-        _warn_once(f"claim:{path}", "spool: cannot read %s: %s", path, exc)
+        warn_once(f"claim:{path}", "spool: cannot read %s: %s", path, exc)
         os.close(fd)
-        _settle(path, None)
+        settle(path, None)
         return None
-    _settle(path, orphan)
+    settle(path, orphan)
     return orphan
 
 
 def _load_orphan(app_dir: str, log_id: str, ledger_fd: int) -> Orphan:
     acked = fmt.unpack_ledger(os.pread(ledger_fd, fmt.LEDGER_BYTES + 1, 0))
     if acked is None:
-        _warn_once(f"ledger:{log_id}", "spool: unreadable ledger of %s: resending it all", log_id)
+        warn_once(f"ledger:{log_id}", "spool: unreadable ledger of %s: resending it all", log_id)
         acked = START
-    segments: list[_Segment] = []
+    segments: list[Segment] = []
     prefix = f"{log_id}-"
     names = sorted(name for name in os.listdir(app_dir) if name.startswith(prefix))
     for name in names:
-        match = _SEGMENT_NAME.match(name)
+        match = SEGMENT_NAME.match(name)
         if match is None or match[1] != log_id:
             continue
         seq, path = int(match[2]), os.path.join(app_dir, name)
         if seq < acked.segment:  # acknowledged; its owner died before deleting it
-            _unlink(path)
+            unlink(path)
             continue
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             continue
-        segments.append(_Segment(seq, fd, path, os.fstat(fd).st_size))
+        segments.append(Segment(seq, fd, path, os.fstat(fd).st_size))
     return Orphan(app_dir, log_id, ledger_fd, acked, segments)
 
 
-def _remove_stale_temps(listing: _Listing) -> None:
+def _remove_stale_temps(listing: Listing) -> None:
     now = time.time()
     for temp in listing.temps:
         if now - temp.mtime < STALE_TEMP_S:
             continue
-        fd = _lock_existing(temp.path)  # held: its creator is alive (and stuck); leave it
+        fd = lock_existing(temp.path)  # held: its creator is alive (and stuck); leave it
         if fd is not None:
-            _unlink(temp.path)
+            unlink(temp.path)
             os.close(fd)
-
-
-# -- status ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AppStatus:
-    """One app directory, as ``status`` found it."""
-
-    app: str  # the directory name (digest of endpoint and key)
-    path: Path
-    segments: int
-    pending: int  # records after each log's acknowledged position (in flight included)
-    bytes: int  # size of the segment files
-    oldest_pending_age: float | None  # seconds since the oldest pending record was written
-    live: int  # logs held by a live process (writers, and claimers of orphans)
-    orphans: int  # logs of dead processes waiting for a claimer
-    torn: int  # corrupt regions in orphans (a live writer's tail may be mid-write)
-
-
-def status(spool_dir: PathLike) -> list[AppStatus]:
-    """What is in every app directory under ``spool_dir``. Read-only: it takes a shared
-    lock on a ledger for an instant (to tell live from dead) and nothing else."""
-    return [_app_status(app_dir) for app_dir in app_directories(spool_dir)]
-
-
-def app_directories(spool_dir: PathLike) -> list[Path]:
-    """The app directories under ``spool_dir`` (anything else is skipped with a warning)."""
-    found: list[Path] = []
-    for entry in sorted(Path(spool_dir).iterdir()):
-        if entry.is_dir() and APP_NAME.match(entry.name):
-            found.append(entry)
-        else:
-            _warn_once(str(entry), "spool: skipping %s (not an app directory)", entry)
-    return found
-
-
-def _app_status(app_dir: Path) -> AppStatus:
-    directory = os.path.realpath(app_dir)
-    listing = _list(directory)
-    live = orphans = pending = torn = 0
-    oldest: float | None = None
-    for log_id in listing.ledgers:
-        alive, acked = _inspect(_ledger_path(directory, log_id))
-        live += alive
-        orphans += not alive
-        files = listing.segments.get(log_id, {})
-        for seq in sorted(files):
-            count, corrupt, first = _count(files[seq].path, acked, seq)
-            pending, torn = pending + count, torn + (0 if alive else corrupt)
-            if first is not None and (oldest is None or first < oldest):
-                oldest = first
-    age = None if oldest is None else max(0.0, time.time() - oldest)
-    return AppStatus(
-        app=app_dir.name,
-        path=app_dir,
-        segments=sum(len(files) for files in listing.segments.values()),
-        pending=pending,
-        bytes=listing.total_bytes(),
-        oldest_pending_age=age,
-        live=live,
-        orphans=orphans,
-        torn=torn,
-    )
-
-
-def _inspect(ledger: str) -> tuple[bool, Position]:
-    """Whether a live process holds the ledger, and its acknowledged position."""
-    holder = _held(ledger)
-    if isinstance(holder, _Log):
-        return True, holder._acknowledged_position()
-    if holder is None or not _reserve(ledger):  # being claimed by a thread of ours
-        return True, START
-    try:  # reserved: no thread of ours can lock it while this descriptor is open
-        fd = os.open(ledger, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        _settle(ledger, None)
-        return False, START
-    try:
-        acked = fmt.unpack_ledger(os.pread(fd, fmt.LEDGER_BYTES + 1, 0)) or START
-        try:  # a shared lock is refused only while some process holds the exclusive one
-            fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            return True, acked
-        fcntl.lockf(fd, fcntl.LOCK_UN)
-        return False, acked
-    finally:
-        os.close(fd)
-        _settle(ledger, None)
-
-
-def _count(path: str, acked: Position, seq: int) -> tuple[int, int, float | None]:
-    """Pending records in one segment, corrupt regions, and the first one's append time."""
-    if seq < acked.segment:
-        return 0, 0, None
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return 0, 0, None
-    try:
-        start = acked.offset if seq == acked.segment else 0
-        batch = fmt.Batch()
-        fmt.read(fd, start, os.fstat(fd).st_size, _EVERYTHING, _EVERYTHING, batch)
-        first = None
-        if batch.payloads:
-            offset = batch.ends[0] - len(batch.payloads[0]) - fmt.HEADER_BYTES
-            first = fmt.record_time(fd, offset)
-        return len(batch.payloads), batch.corrupt, first
-    finally:
-        os.close(fd)
