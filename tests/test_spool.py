@@ -434,6 +434,25 @@ def test_threads_of_one_process_never_claim_the_same_orphan(app: Path) -> None:
     assert sorted(claimed) == sorted(record(n * 100 + i) for n in range(20) for i in range(30))
 
 
+def test_ledger_deleted_between_open_and_lock_is_not_claimed(
+    app: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another claimer finished the log (and deleted it) after we opened the ledger and
+    # before we locked it: the lock we get is on a file no longer in the directory.
+    leave_orphan(app, [record(0)])
+    (ledger,) = app.glob("*.ledger")
+    real_open = os.open
+
+    def open_then_lose(path: str, flags: int, *args: int) -> int:
+        fd = real_open(path, flags, *args)
+        if os.fspath(path) == str(ledger):
+            os.rename(path, app / "gone.ledger")  # its inode lives on elsewhere
+        return fd
+
+    monkeypatch.setattr(os, "open", open_then_lose)
+    assert spool.claim_orphan(app) is None
+
+
 def test_claimer_killed_midway_leaves_only_the_rest(app: Path, scripts: Scripts) -> None:
     leave_orphan(app, [record(i) for i in range(100)])
     code, _ = scripts.run("claim_and_die", app, 40, 25)  # took 40, acknowledged 25, died
