@@ -588,6 +588,45 @@ def test_segment_in_flight_is_not_dropped(app: Path, monkeypatch: pytest.MonkeyP
     log.close()
 
 
+def test_size_limit_racing_the_reader_loses_or_delivers_each_record_once(
+    app: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sender reads outside the log's lock; a segment dropped meanwhile must not be
+    # both reported lost and returned by take().
+    monkeypatch.setattr(spool, "SEGMENT_BYTES", 2 * 1024)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: widen the race
+    lost: list[bytes] = []
+    log = open_log(app, max_bytes=6 * 1024, lost=lost)
+    count = 10_000
+    done = threading.Event()
+    read: list[bytes] = []
+
+    def appender() -> None:
+        for index in range(count):
+            log.append(record(index))
+        done.set()
+
+    def reader() -> None:
+        deadline = time.monotonic() + 60  # a count gone wrong must not spin forever
+        while (not done.is_set() or log.pending()) and time.monotonic() < deadline:
+            batch = log.take(20, 1 << 20)
+            read.extend(batch)
+            log.acknowledge(len(batch))
+
+    threads = [threading.Thread(target=appender), threading.Thread(target=reader)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        sys.setswitchinterval(interval)
+    assert not set(lost) & set(read)
+    assert sorted(lost + read) == [record(i) for i in range(count)]
+    log.close()
+
+
 # -- fork --------------------------------------------------------------------------------------
 
 
