@@ -598,7 +598,7 @@ def test_size_limit_racing_the_reader_loses_or_delivers_each_record_once(
     sys.setswitchinterval(1e-6)  # switch threads as often as possible: widen the race
     lost: list[bytes] = []
     log = open_log(app, max_bytes=6 * 1024, lost=lost)
-    count = 10_000
+    count = 30_000
     done = threading.Event()
     read: list[bytes] = []
 
@@ -610,9 +610,10 @@ def test_size_limit_racing_the_reader_loses_or_delivers_each_record_once(
     def reader() -> None:
         deadline = time.monotonic() + 60  # a count gone wrong must not spin forever
         while (not done.is_set() or log.pending()) and time.monotonic() < deadline:
-            batch = log.take(20, 1 << 20)
+            batch = log.take(200, 1 << 20)
             read.extend(batch)
             log.acknowledge(len(batch))
+            time.sleep(0.0005)  # pacing, not waiting: lets a backlog over the limit build up
 
     threads = [threading.Thread(target=appender), threading.Thread(target=reader)]
     try:
@@ -622,6 +623,7 @@ def test_size_limit_racing_the_reader_loses_or_delivers_each_record_once(
             thread.join(60)
     finally:
         sys.setswitchinterval(interval)
+    assert len(lost) > 1_000  # the race was run often
     assert not set(lost) & set(read)
     assert sorted(lost + read) == [record(i) for i in range(count)]
     log.close()
