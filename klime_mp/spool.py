@@ -63,6 +63,7 @@ from klime_mp.spool_files import (
     LEDGER_SUFFIX,
     SEGMENT_NAME,
     SEQ_SHIFT,
+    FileInfo,
     Listing,
     Log,
     PathLike,
@@ -106,7 +107,9 @@ DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 SEGMENT_BYTES = 4 * 1024 * 1024
 CHECK_EVERY_BYTES = 1024 * 1024
 SPOOL_FULL = "spool_full"  # the on_loss reason when the size limit drops records
-STALE_TEMP_S = 60.0  # a ledger still under its temporary name this long was left by a crash
+# A ledger still under its temporary name this long, or a segment without a ledger this old,
+# was left by a crash (younger ones may belong to a log being created right now).
+STALE_TEMP_S = 60.0
 
 LossCallback = Callable[[str, list[bytes]], None]
 
@@ -299,9 +302,12 @@ class EventLog(Log):
         """Delete one segment; its unacknowledged records, or None if it must stay."""
         if log_id == self._log_id:
             return self._drop_own(seq)
-        if log_id not in listing.ledgers:  # a stray segment without a log: nobody's
-            path = listing.segments[log_id][seq].path
-            return _drop_stray(path)
+        if log_id not in listing.ledgers:
+            found = listing.segments[log_id][seq]
+            if not _is_stray(self._app_dir, listing, log_id, found):
+                return None
+            unlink(found.path)
+            return []  # an acknowledged leftover: nothing is lost
         if log_id not in orphans:
             orphans[log_id] = _claim(self._app_dir, log_id, scan=False)
         orphan = orphans[log_id]
@@ -392,18 +398,22 @@ def _open_segment(app_dir: str, log_id: str, seq: int) -> Segment:
     return Segment(seq, os.open(path, flags, 0o600), path, 0)
 
 
-def _drop_stray(path: str) -> list[bytes]:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return []
-    try:
-        batch = fmt.Batch()
-        fmt.read(fd, 0, os.fstat(fd).st_size, EVERYTHING, EVERYTHING, batch)
-        unlink(path)
-    finally:
-        os.close(fd)
-    return batch.payloads
+def _remove_strays(app_dir: str, listing: Listing) -> None:
+    """Delete segments without a ledger: acknowledged leftovers (see Log._close_files)."""
+    for log_id, files in listing.segments.items():
+        for found in files.values():
+            if _is_stray(app_dir, listing, log_id, found):
+                unlink(found.path)
+
+
+def _is_stray(app_dir: str, listing: Listing, log_id: str, found: FileInfo) -> bool:
+    # A listing is not a snapshot: a log created while it ran can show its first segment
+    # and not its ledger (renamed into place just before). Such a segment is new.
+    return (
+        log_id not in listing.ledgers
+        and time.time() - found.mtime > STALE_TEMP_S
+        and not os.path.exists(ledger_path(app_dir, log_id))
+    )
 
 
 # -- orphans -----------------------------------------------------------------------------
@@ -487,6 +497,7 @@ def claim_orphan(app_dir: PathLike) -> Orphan | None:
         warn_once(f"list:{directory}", "spool: cannot read %s: %s", directory, exc)
         return None
     _remove_stale_temps(listing)
+    _remove_strays(directory, listing)
     for log_id in sorted(listing.ledgers, key=lambda name: listing.ledgers[name].mtime):
         orphan = _claim(directory, log_id, scan=True)
         if orphan is None:

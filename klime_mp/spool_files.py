@@ -298,14 +298,16 @@ class Log:
         )
 
     def _close_files(self, delete: bool) -> None:
-        # Segments before the ledger: a log found without its ledger is never a live one.
+        # Files are deleted only once everything in them is acknowledged, and the ledger
+        # first (still locked): a segment found without its ledger is such a leftover
+        # (its deleter died half-way), never part of a live or an unread log.
+        if delete:
+            unlink(self._ledger_path)
         for segment in self._segments + self._dropped:
             if delete:
                 unlink(segment.path)
             os.close(segment.fd)
         self._segments, self._dropped = [], []
-        if delete:
-            unlink(self._ledger_path)
         os.close(self._ledger_fd)  # drops the lock: last
         settle(self._ledger_path, None)
 

@@ -374,6 +374,21 @@ def test_ledger_left_under_its_temporary_name_is_cleaned_up(app: Path) -> None:
     assert fresh.exists()  # might be a writer between create and rename: left alone
 
 
+def test_segments_left_without_a_ledger_are_removed_once_old(app: Path) -> None:
+    # A claimer deletes the ledger first, then the segments, once all is acknowledged; one
+    # that died in between leaves segments nobody owns.
+    leave_orphan(app, [record(0)])
+    leave_orphan(app, [record(1)])
+    old, young = sorted(app.glob("*.seg"))
+    for segment in (old, young):
+        log_name = segment.name.rsplit("-", 1)[0]
+        (app / f"{log_name}.ledger").unlink()
+    os.utime(old, (1_000_000_000, 1_000_000_000))
+    assert spool.claim_orphan(app) is None
+    assert not old.exists()
+    assert young.exists()  # might be the first segment of a log being created right now
+
+
 def test_closed_log_refuses_use(app: Path) -> None:
     log = open_log(app)
     log.append(b"x")
