@@ -21,7 +21,11 @@ death (SIGKILL, OOM, ``os._exit``, a re-raised signal), and ``fork()`` does not 
 child, so a forked child never keeps a dead parent's log alive. A log whose lock can be
 taken is therefore an orphan, whatever its name says: this is why no PID and process start
 time are compared. A PID can be reused by an unrelated process; a lock cannot outlive its
-process. The PID in the name is only for people reading the directory.
+process. The PID in the name is only for people reading the directory. Not ``flock`` (nor
+Linux's open-file-description locks): those belong to the open file, which a forked child
+shares, so a child that outlived its parent would keep the parent's log looking alive.
+The directory must be on a local filesystem (network filesystems may not release a dead
+process's locks).
 
 POSIX locks have two traps, both handled here: they belong to the process, so another
 thread's ``lockf`` on a file this process holds succeeds, and closing *any* descriptor of a
@@ -43,6 +47,9 @@ segment rolls and every ``CHECK_EVERY_BYTES`` written, not per event). Over it, 
 segments go first: this process's own (never the one being written or one whose records are
 in flight), and orphans' (claimed first, so never a segment another live process holds),
 oldest modification time first. Their unacknowledged records are passed to ``on_loss``.
+
+Modules: the record and ledger formats are in ``spool_format``; naming, the registry,
+locking and reading in ``spool_files``; ``status`` in ``spool_status``.
 """
 
 from __future__ import annotations
