@@ -1,4 +1,4 @@
-"""``klime-mp`` / ``python -m klime_mp``: the local collector and the demo."""
+"""``klime-mp`` / ``python -m klime_mp``: the local collector, the demo, the spool."""
 
 from __future__ import annotations
 
@@ -45,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     demo.add_arguments(demo_parser)
     demo_parser.set_defaults(run=demo.run)
+
+    from klime_mp import spool_cli
+
+    spool_parser = commands.add_parser("spool", help="look into a spool directory (spool_dir)")
+    spool_cli.add_arguments(spool_parser)
 
     args = parser.parse_args(argv)
     return int(args.run(args))

@@ -1,0 +1,337 @@
+"""The spool's files and their ownership, shared by a process's own log and the orphans it
+claims: naming, the per-process registry of held ledgers, locking, directory listing, and
+reading and acknowledging records (see ``klime_mp.spool`` for the design).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import re
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Union
+
+from klime_mp import spool_format as fmt
+from klime_mp.spool_format import Position
+
+logger = logging.getLogger("klime_mp.spool")
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+LEDGER_SUFFIX = ".ledger"
+SEGMENT_SUFFIX = ".seg"
+TEMP_NAME = re.compile(r"^\.(\d+-[0-9a-f]{8})\.ledger\.tmp$")
+LEDGER_NAME = re.compile(r"^(\d+-[0-9a-f]{8})\.ledger$")
+SEGMENT_NAME = re.compile(r"^(\d+-[0-9a-f]{8})-(\d{8})\.seg$")
+APP_NAME = re.compile(r"^[0-9a-f]{16}$")
+EVERYTHING = 1 << 62  # no limit on a read
+# A record's end is kept in flight as one int, segment << SEQ_SHIFT | offset: a plain int
+# per record instead of a tuple keeps take() cheap.
+SEQ_SHIFT = 40
+
+
+def unpack_position(packed: int) -> Position:
+    return Position(packed >> SEQ_SHIFT, packed & ((1 << SEQ_SHIFT) - 1))
+
+
+# -- warnings ----------------------------------------------------------------------------
+
+_warned: set[str] = set()
+
+
+def warn_once(key: str, message: str, *args: object) -> None:
+    if key not in _warned and len(_warned) < 10_000:
+        _warned.add(key)
+        logger.warning(message, *args)
+
+
+# -- the per-process registry of held ledgers --------------------------------------------
+
+
+class _Registry:
+    """The ledgers this process holds a lock on (own logs and claimed orphans), by path."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.lock = threading.Lock()
+        self.held: dict[str, Log | None] = {}  # None: being claimed right now
+
+
+_registry = _Registry()
+
+
+def _this_process() -> _Registry:
+    # A forked child (also one forked from C, which runs no at-fork hook) holds none of
+    # its parent's locks: it gets an empty registry and a new lock, never the inherited one.
+    global _registry
+    if _registry.pid != os.getpid():
+        _registry = _Registry()
+    return _registry
+
+
+def reserve(key: str) -> bool:
+    registry = _this_process()
+    with registry.lock:
+        if key in registry.held:
+            return False
+        registry.held[key] = None
+        return True
+
+
+def settle(key: str, holder: Log | None) -> None:
+    registry = _this_process()
+    with registry.lock:
+        if holder is None:
+            registry.held.pop(key, None)
+        else:
+            registry.held[key] = holder
+
+
+def held_by(key: str) -> Log | bool | None:
+    """The holder in this process, None while it is being claimed, False if not held."""
+    registry = _this_process()
+    with registry.lock:
+        return registry.held.get(key, False)
+
+
+def lock_existing(path: str) -> int | None:
+    """A descriptor holding the exclusive lock on ``path``, or None if it is held elsewhere
+    or gone. Only call for a path reserved in the registry (see the module docstring)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.stat(path).st_ino == os.fstat(fd).st_ino:
+            return fd
+    except OSError:  # held by a live process (EAGAIN/EACCES), or deleted meanwhile
+        pass
+    os.close(fd)
+    return None
+
+
+# -- directory listing -------------------------------------------------------------------
+
+
+@dataclass
+class FileInfo:
+    path: str
+    size: int
+    mtime: float
+
+
+@dataclass
+class Listing:
+    ledgers: dict[str, FileInfo]
+    segments: dict[str, dict[int, FileInfo]]  # log -> seq -> file
+    temps: list[FileInfo]
+
+    def total_bytes(self) -> int:
+        return sum(f.size for files in self.segments.values() for f in files.values())
+
+
+def list_directory(app_dir: str) -> Listing:
+    listing = Listing({}, {}, [])
+    with os.scandir(app_dir) as entries:
+        for entry in entries:
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            found = FileInfo(entry.path, info.st_size, info.st_mtime)
+            if not entry.is_file(follow_symlinks=False):
+                warn_once(entry.path, "spool: skipping %s (not a regular file)", entry.path)
+            elif match := SEGMENT_NAME.match(entry.name):
+                listing.segments.setdefault(match[1], {})[int(match[2])] = found
+            elif match := LEDGER_NAME.match(entry.name):
+                listing.ledgers[match[1]] = found
+            elif TEMP_NAME.match(entry.name):
+                listing.temps.append(found)
+            else:
+                warn_once(entry.path, "spool: skipping foreign file %s", entry.path)
+    return listing
+
+
+def segment_path(app_dir: str, log_id: str, seq: int) -> str:
+    return os.path.join(app_dir, f"{log_id}-{seq:08d}{SEGMENT_SUFFIX}")
+
+
+def ledger_path(app_dir: str, log_id: str) -> str:
+    return os.path.join(app_dir, f"{log_id}{LEDGER_SUFFIX}")
+
+
+def unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+# -- reading and acknowledging, shared by own logs and orphans ---------------------------
+
+
+class Segment:
+    __slots__ = ("fd", "path", "seq", "size")
+
+    def __init__(self, seq: int, fd: int, path: str, size: int) -> None:
+        self.seq = seq
+        self.fd = fd
+        self.path = path
+        self.size = size  # bytes that hold complete records (own log) or the file size
+
+
+class Log:
+    """Segments, a read cursor, the records in flight and the persisted acknowledgement.
+
+    ``take``/``acknowledge``/``rewind`` come from one thread at a time (the sender). Only
+    they close descriptors, so ``take`` can read outside ``_lock``; a segment dropped by the
+    size limit meanwhile bumps ``_generation`` and the read is done again.
+    """
+
+    def __init__(
+        self, app_dir: str, log_id: str, ledger_fd: int, acked: Position, segments: list[Segment]
+    ) -> None:
+        self._app_dir = app_dir
+        self._log_id = log_id
+        self._ledger_path = ledger_path(app_dir, log_id)
+        self._ledger_fd = ledger_fd
+        self._segments = segments  # ascending seq
+        self._dropped: list[Segment] = []  # truncated and unlinked; fd closed by the reader
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._acked = acked
+        self._cursor = acked
+        self._in_flight: deque[int] = deque()  # end of each taken record, see unpack_position
+        self._closed = False
+        self.torn = 0
+
+    def take(self, max_events: int, max_bytes: int) -> list[bytes]:
+        """The next records after the read cursor, within the limits (at least one)."""
+        check_limit("max_events", max_events)
+        check_limit("max_bytes", max_bytes)
+        self._close_dropped()
+        while True:
+            with self._lock:
+                self._check_open()
+                generation, cursor = self._generation, self._cursor
+                view = [(s.seq, s.fd, s.size) for s in self._segments if s.seq >= cursor.segment]
+            batch = fmt.Batch()
+            ends: list[int] = []
+            last = cursor
+            for seq, fd, size in view:
+                offset = cursor.offset if seq == cursor.segment else 0
+                before = len(batch.ends)
+                stop = fmt.read(fd, offset, size, max_events, max_bytes, batch)
+                ends.extend(map((seq << SEQ_SHIFT).__add__, batch.ends[before:]))
+                last = Position(seq, stop)
+                if stop < size or len(batch.payloads) >= max_events:
+                    break
+            with self._lock:
+                if generation != self._generation:
+                    continue  # a segment was dropped under the read: read again
+                self._cursor = last
+                self._in_flight.extend(ends)
+                self._count_torn(cursor, last, batch.corrupt)
+            return batch.payloads
+
+    def acknowledge(self, count: int) -> None:
+        """Settle the oldest ``count`` taken records: persist the position, free segments."""
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise TypeError(f"count must be an int, got {type(count).__name__}")
+        with self._lock:
+            self._check_open()
+            if not 0 <= count <= len(self._in_flight):
+                raise ValueError(
+                    f"count must be between 0 and {len(self._in_flight)} (records taken and "
+                    f"not acknowledged), got {count}"
+                )
+            if count == 0:
+                return
+            for _ in range(count - 1):
+                self._in_flight.popleft()
+            self._acked = unpack_position(self._in_flight.popleft())
+            self._settled(count)
+            self._persist()
+            self._free_acknowledged()
+        self._close_dropped()
+
+    def rewind(self) -> None:
+        """Forget what was taken and not acknowledged: read it again from the ledger's place."""
+        with self._lock:
+            self._check_open()
+            self._cursor = self._acked
+            self._in_flight.clear()
+
+    def _persist(self) -> None:
+        try:
+            os.pwrite(self._ledger_fd, fmt.pack_ledger(self._acked), 0)
+        except OSError as exc:  # kept in memory; a successor would resend (ids dedupe)
+            warn_once(f"ack:{self._app_dir}", "spool: cannot record acknowledgement: %s", exc)
+
+    def _free_acknowledged(self) -> None:
+        acked = self._acked
+        while self._segments and not self._is_active(self._segments[0]):
+            first = self._segments[0]
+            done = first.seq < acked.segment or (
+                first.seq == acked.segment and acked.offset >= first.size
+            )
+            if not done:
+                return
+            self._segments.pop(0)
+            unlink(first.path)
+            os.close(first.fd)
+
+    def _close_dropped(self) -> None:
+        with self._lock:
+            dropped, self._dropped = self._dropped, []
+        for segment in dropped:
+            os.close(segment.fd)
+
+    def _has_data_after_ack(self) -> bool:
+        acked = self._acked
+        return any(
+            s.seq > acked.segment or (s.seq == acked.segment and s.size > acked.offset)
+            for s in self._segments
+        )
+
+    def _close_files(self, delete: bool) -> None:
+        # Files are deleted only once everything in them is acknowledged, and the ledger
+        # first (still locked): a segment found without its ledger is such a leftover
+        # (its deleter died half-way), never part of a live or an unread log.
+        if delete:
+            unlink(self._ledger_path)
+        for segment in self._segments + self._dropped:
+            if delete:
+                unlink(segment.path)
+            os.close(segment.fd)
+        self._segments, self._dropped = [], []
+        os.close(self._ledger_fd)  # drops the lock: last
+        settle(self._ledger_path, None)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError("the spool log is closed")
+
+    # Hooks for the two kinds of log.
+    def _is_active(self, segment: Segment) -> bool:
+        return False
+
+    def _settled(self, count: int) -> None:
+        pass
+
+    def _count_torn(self, start: Position, end: Position, corrupt: int) -> None:
+        pass
+
+    def acknowledged_position(self) -> Position:
+        with self._lock:
+            return self._acked
+
+
+def check_limit(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")

@@ -1,0 +1,133 @@
+"""``status``: what is waiting in a spool directory, per app (read-only)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from klime_mp import spool_format as fmt
+from klime_mp.spool_files import (
+    APP_NAME,
+    EVERYTHING,
+    Log,
+    PathLike,
+    held_by,
+    ledger_path,
+    list_directory,
+    reserve,
+    settle,
+    warn_once,
+)
+from klime_mp.spool_format import START, Position
+
+# -- status ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AppStatus:
+    """One app directory, as ``status`` found it."""
+
+    app: str  # the directory name (digest of endpoint and key)
+    path: Path
+    segments: int
+    pending: int  # records after each log's acknowledged position (in flight included)
+    bytes: int  # size of the segment files
+    oldest_pending_age: float | None  # seconds since the oldest pending record was written
+    live: int  # logs held by a live process (writers, and claimers of orphans)
+    orphans: int  # logs of dead processes waiting for a claimer
+    torn: int  # corrupt regions in orphans (a live writer's tail may be mid-write)
+
+
+def status(spool_dir: PathLike) -> list[AppStatus]:
+    """What is in every app directory under ``spool_dir``. Read-only: it takes a shared
+    lock on a ledger for an instant (to tell live from dead) and nothing else."""
+    return [_app_status(app_dir) for app_dir in app_directories(spool_dir)]
+
+
+def app_directories(spool_dir: PathLike) -> list[Path]:
+    """The app directories under ``spool_dir`` (anything else is skipped with a warning)."""
+    found: list[Path] = []
+    for entry in sorted(Path(spool_dir).iterdir()):
+        if entry.is_dir() and APP_NAME.match(entry.name):
+            found.append(entry)
+        else:
+            warn_once(str(entry), "spool: skipping %s (not an app directory)", entry)
+    return found
+
+
+def _app_status(app_dir: Path) -> AppStatus:
+    directory = os.path.realpath(app_dir)
+    listing = list_directory(directory)
+    live = orphans = pending = torn = 0
+    oldest: float | None = None
+    for log_id in listing.ledgers:
+        alive, acked = _inspect(ledger_path(directory, log_id))
+        live += alive
+        orphans += not alive
+        files = listing.segments.get(log_id, {})
+        for seq in sorted(files):
+            count, corrupt, first = _count(files[seq].path, acked, seq)
+            pending, torn = pending + count, torn + (0 if alive else corrupt)
+            if first is not None and (oldest is None or first < oldest):
+                oldest = first
+    age = None if oldest is None else max(0.0, time.time() - oldest)
+    return AppStatus(
+        app=app_dir.name,
+        path=app_dir,
+        segments=sum(len(files) for files in listing.segments.values()),
+        pending=pending,
+        bytes=listing.total_bytes(),
+        oldest_pending_age=age,
+        live=live,
+        orphans=orphans,
+        torn=torn,
+    )
+
+
+def _inspect(ledger: str) -> tuple[bool, Position]:
+    """Whether a live process holds the ledger, and its acknowledged position."""
+    holder = held_by(ledger)
+    if isinstance(holder, Log):
+        return True, holder.acknowledged_position()
+    if holder is None or not reserve(ledger):  # being claimed by a thread of ours
+        return True, START
+    try:  # reserved: no thread of ours can lock it while this descriptor is open
+        fd = os.open(ledger, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        settle(ledger, None)
+        return False, START
+    try:
+        acked = fmt.unpack_ledger(os.pread(fd, fmt.LEDGER_BYTES + 1, 0)) or START
+        try:  # a shared lock is refused only while some process holds the exclusive one
+            fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True, acked
+        fcntl.lockf(fd, fcntl.LOCK_UN)
+        return False, acked
+    finally:
+        os.close(fd)
+        settle(ledger, None)
+
+
+def _count(path: str, acked: Position, seq: int) -> tuple[int, int, float | None]:
+    """Pending records in one segment, corrupt regions, and the first one's append time."""
+    if seq < acked.segment:
+        return 0, 0, None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return 0, 0, None
+    try:
+        start = acked.offset if seq == acked.segment else 0
+        batch = fmt.Batch()
+        fmt.read(fd, start, os.fstat(fd).st_size, EVERYTHING, EVERYTHING, batch)
+        first = None
+        if batch.payloads:
+            offset = batch.ends[0] - len(batch.payloads[0]) - fmt.HEADER_BYTES
+            first = fmt.record_time(fd, offset)
+        return len(batch.payloads), batch.corrupt, first
+    finally:
+        os.close(fd)
