@@ -37,7 +37,27 @@ def add_status(commands: SubParsers) -> None:
     status.set_defaults(run=run_status)
 
 
-SUBCOMMANDS: list[Callable[[SubParsers], None]] = [add_status]
+def add_drain(commands: SubParsers) -> None:
+    drain = commands.add_parser(
+        "drain",
+        help="send what dead processes of one app left in DIR, then exit",
+        description=(
+            "Claim the logs that dead processes of one app (this write key and endpoint) "
+            "left in DIR and send them, then exit: for a Kubernetes preStop hook, a cron "
+            "job, or after an outage. Logs of live processes are theirs to send. Exit "
+            "status 0 when nothing of this app is left waiting, 1 otherwise."
+        ),
+    )
+    drain.add_argument("directory", metavar="DIR", help="the spool directory (spool_dir)")
+    drain.add_argument("--write-key", help="the app's write key (default: $KLIME_WRITE_KEY)")
+    drain.add_argument("--endpoint", help="the app's endpoint (default: $KLIME_ENDPOINT)")
+    drain.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to keep sending (default: 60)"
+    )
+    drain.set_defaults(run=run_drain)
+
+
+SUBCOMMANDS: list[Callable[[SubParsers], None]] = [add_status, add_drain]
 
 COLUMNS = ("APP", "SEGMENTS", "PENDING", "BYTES", "OLDEST", "LIVE", "ORPHANS", "TORN")
 
@@ -59,6 +79,28 @@ def run_status(args: argparse.Namespace) -> int:
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
     return 0
+
+
+def run_drain(args: argparse.Namespace) -> int:
+    from klime_mp.client import KlimeClient  # the sender, only for this command
+
+    try:
+        client = KlimeClient(
+            args.write_key,
+            args.endpoint,
+            spool_dir=args.directory,
+            shutdown_timeout=args.timeout,
+        )
+    except (TypeError, ValueError) as exc:
+        print(f"klime-mp spool drain: {exc}", file=sys.stderr)
+        return 2
+    client.shutdown()  # with nothing of its own queued, shutdown sends the orphans
+    app = spool.app_directory(args.directory, client.options.endpoint, client.options.write_key)
+    left = [state for state in spool.status(args.directory) if state.app == app.name]
+    orphans = left[0].orphans if left else 0
+    stats = client.stats()
+    print(f"sent {stats.recovered} events left by dead processes; {orphans} logs still waiting")
+    return 0 if orphans == 0 else 1
 
 
 def _as_json(state: spool.AppStatus) -> dict[str, Any]:

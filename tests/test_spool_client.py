@@ -296,3 +296,23 @@ def test_the_write_key_is_never_written_to_disk(tmp_path: Path, collector: Colle
             assert secret.encode() not in path.read_bytes(), path
         mode = path.stat().st_mode & 0o777
         assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
+
+
+def test_spool_drain_sends_what_dead_processes_left_and_says_so(
+    tmp_path: Path, late_collector: tuple[str, Callable[[], CollectorProcess]]
+) -> None:
+    spool = tmp_path / "spool"
+    url, start = late_collector
+    run_tracker(tmp_path, url, spool, 120, "kill")
+    env = dict(os.environ, KLIME_WRITE_KEY=KEY, KLIME_ENDPOINT=url)
+    drain = [sys.executable, "-m", "klime_mp", "spool", "drain", str(spool), "--timeout", "3"]
+
+    still_down = subprocess.run(drain, env=env, capture_output=True, text=True, timeout=60)
+    assert still_down.returncode == 1, still_down.stdout + still_down.stderr
+    assert "1 logs still waiting" in still_down.stdout
+
+    collector_process = start()
+    drained = subprocess.run(drain, env=env, capture_output=True, text=True, timeout=60)
+    assert drained.returncode == 0, drained.stdout + drained.stderr
+    assert "sent 120 events left by dead processes; 0 logs still waiting" in drained.stdout
+    assert collector_process.stats()["stored"] == 120
