@@ -31,9 +31,10 @@ def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_demo_runs_end_to_end_and_exits_0() -> None:
     pytest.importorskip("gunicorn")
-    result = run_demo("--requests", "60", "--workers", "4")
+    result = run_demo("--requests", "60", "--workers", "4", "--no-kill")
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
+    assert "kill -9" not in out
     assert "4 Gunicorn (--preload) workers" in out
     assert "requests sent     60 (60 ok, 0 failed)" in out
     assert "events lost       0" in out
@@ -161,3 +162,13 @@ def test_help_describes_each_command_in_plain_text() -> None:
     demo_help = help_text("demo")
     assert "delivered, lost and duplicated" in demo_help
     assert "{gunicorn,uwsgi" in demo_help
+
+
+def test_demo_kills_a_worker_with_sigkill_and_still_loses_nothing() -> None:
+    pytest.importorskip("gunicorn")
+    result = run_demo("--requests", "120", "--workers", "3")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "kill -9 worker" in out  # by default, half-way through the load
+    assert "requests sent     120 (120 ok, 0 failed)" in out
+    assert "events lost       0" in out and "duplicates        0" in out

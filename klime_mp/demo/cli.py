@@ -4,6 +4,7 @@ local collector, the server, the load, a graceful stop, the report."""
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import tempfile
@@ -14,7 +15,7 @@ from pathlib import Path
 from klime_mp.collector import Collector
 
 from . import launchers
-from .load import Progress, drive
+from .load import LoadResult, Progress, drive
 from .report import Outcome, outcome_of, report, summary, tally
 from .server import HOST, WRITE_KEY, DemoError, server_env
 
@@ -53,6 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--concurrency", type=_positive, default=8, help="client threads (8)")
     parser.add_argument(
+        "--no-kill",
+        dest="kill",
+        action="store_false",
+        help="do not kill -9 a worker half-way (by default one worker is SIGKILLed with "
+        "events queued, and the spool hands them to its siblings)",
+    )
+    parser.add_argument(
         "--keep",
         action="store_true",
         help="keep the (last) collector running afterwards, to browse; Ctrl-C stops it",
@@ -89,7 +97,8 @@ def _run_one(
 ) -> Outcome:
     total = args.requests
     with Collector(HOST, 0, workdir / "events.sqlite3", [WRITE_KEY]) as collector:
-        server = launcher.server(args.workers, workdir, server_env(collector.url))
+        env = server_env(collector.url, workdir / "spool")
+        server = launcher.server(args.workers, workdir, env)
         print(
             f"klime-mp demo: collector at {collector.url}, {args.workers} {launcher.title} workers"
         )
@@ -98,7 +107,19 @@ def _run_one(
             server.start()
             workers = server.wait_for_workers(args.workers)
             print(f"  serving the example app at {server.url}; sending {total} requests")
-            load = drive(server.url, total, args.concurrency, Progress(total))
+            progress = Progress(total)
+            if args.kill and total >= 2:
+                first = drive(server.url, total // 2, args.concurrency, progress)
+                _kill_a_worker(first)
+                rest = drive(
+                    server.url,
+                    total - total // 2,
+                    args.concurrency,
+                    lambda done: progress(total // 2 + done),
+                )
+                load = first.combined(rest)
+            else:
+                load = drive(server.url, total, args.concurrency, progress)
             workers |= server.worker_pids()  # a worker replaced meanwhile is listed too
             status = server.stop()
         finally:
@@ -110,6 +131,22 @@ def _run_one(
         if keep:
             _serve_until_interrupted(collector)
     return outcome_of(name, load, got)
+
+
+def _kill_a_worker(load: LoadResult) -> None:
+    """SIGKILL the busiest worker so far, as the OOM killer would: what it had queued
+    and not sent is on disk, and a sibling (or its replacement) sends it."""
+    if not load.requests_by_pid:
+        return
+    victim = load.requests_by_pid.most_common(1)[0][0]
+    try:
+        os.kill(victim, signal.SIGKILL)
+    except OSError:
+        return
+    print(
+        f"  kill -9 worker {victim} after {load.ok} requests: its queued events are in the "
+        "spool, and a sibling sends them"
+    )
 
 
 def _serve_until_interrupted(collector: Collector) -> None:

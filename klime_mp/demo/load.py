@@ -56,6 +56,17 @@ class LoadResult:
     latencies: list[float] = field(default_factory=list)  # seconds, successful requests
     errors: list[str] = field(default_factory=list)
 
+    def combined(self, other: LoadResult) -> LoadResult:
+        """This load followed by ``other``, as one."""
+        return LoadResult(
+            self.sent + other.sent,
+            self.ok + other.ok,
+            self.events_expected + other.events_expected,
+            self.requests_by_pid + other.requests_by_pid,
+            self.latencies + other.latencies,
+            self.errors + other.errors,
+        )
+
     @property
     def failed(self) -> int:
         return self.sent - self.ok

@@ -37,10 +37,14 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def server_env(endpoint: str) -> dict[str, str]:
-    """The environment of a served app: the example reads its key and endpoint here."""
+def server_env(endpoint: str, spool_dir: Path | None = None) -> dict[str, str]:
+    """The environment of a served app: the example reads its key and endpoint here,
+    and, with ``spool_dir``, turns the durable spool on (``KLIME_SPOOL_DIR``)."""
     env = dict(os.environ, KLIME_WRITE_KEY=WRITE_KEY, KLIME_ENDPOINT=endpoint)
     env.update(PYTHONUNBUFFERED="1", NO_PROXY=f"{HOST},localhost")
+    env.pop("KLIME_SPOOL_DIR", None)
+    if spool_dir is not None:
+        env["KLIME_SPOOL_DIR"] = str(spool_dir)
     return env
 
 
