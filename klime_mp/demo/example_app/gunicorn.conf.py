@@ -14,6 +14,10 @@ bind = os.environ.get("BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
 preload_app = True  # the app (and klime_mp.configure()) loads once, in the master
 graceful_timeout = 30  # klime_mp sends at exit within half of this
+# The durable spool: events survive a worker's SIGKILL (timeout, OOM killer). Set
+# KLIME_SPOOL_DIR in Gunicorn's environment, or here, to a directory the workers and
+# their successors share (the demo sets it in the environment):
+# raw_env = ["KLIME_SPOOL_DIR=/var/lib/myapp/klime"]
 
 
 def post_fork(server: Any, worker: Any) -> None:
