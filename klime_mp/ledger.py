@@ -38,6 +38,7 @@ class Stats:
     queued: int = 0  # waiting now (in memory, or on disk with a spool)
     dropped: dict[str, int] = field(default_factory=dict)  # every lost event, by reason
     recovered: int = 0  # events of dead processes claimed from the spool and sent
+    resent: int = 0  # of those, events the dead process had sent too (may be duplicates)
 
 
 class LossReport(Exception):
@@ -61,7 +62,7 @@ class Ledger:
         self._log = options.logger
         self._lock = threading.Lock()
         self._counts = {"enqueued": 0, "sent": 0, "failed": 0, "retries": 0, "batches": 0}
-        self._counts["recovered"] = 0
+        self._counts.update(recovered=0, resent=0)
         self._dropped: dict[str, int] = {}
         self._last_warning: dict[str, float] = {}
         self._parked: dict[str, tuple[int, list[bytes]]] = {}  # reason -> (count, events)

@@ -112,6 +112,8 @@ class Spool:
                 return
             try:
                 finished = self._send_orphan(orphan, post, settle)
+                if orphan.resent:  # taken for sending by the dead process: may be twice
+                    self._ledger.add("resent", orphan.resent)
                 if orphan.torn:
                     self._ledger.count_only(TORN, orphan.torn)
             finally:

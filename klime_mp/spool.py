@@ -435,6 +435,9 @@ class Orphan(Log):
         super().__init__(app_dir, log_id, ledger_fd, acked, segments)
         self._total: int | None = None  # records after the ledger's position at the claim
         self._done = 0
+        self._was_sent = 0  # records up to this packed position may have arrived already
+        self._counted = 0  # resends counted up to this packed position (a rewind re-takes)
+        self.resent = 0  # records taken again that the dead process had taken for sending
 
     @property
     def name(self) -> str:
@@ -473,6 +476,12 @@ class Orphan(Log):
 
     def _settled(self, count: int) -> None:
         self._done += count
+
+    def _taken(self, ends: list[int]) -> None:
+        fresh = [end for end in ends if end > self._counted]
+        self.resent += sum(1 for end in fresh if end <= self._was_sent)
+        if fresh:
+            self._counted = fresh[-1]
 
     def _drop_segment(self, seq: int) -> list[bytes]:
         """For the size limit: delete one segment, returning its unacknowledged records."""
@@ -537,10 +546,11 @@ def _claim(app_dir: str, log_id: str, *, scan: bool) -> Orphan | None:
 
 
 def _load_orphan(app_dir: str, log_id: str, ledger_fd: int) -> Orphan:
-    acked = fmt.unpack_ledger(os.pread(ledger_fd, fmt.LEDGER_BYTES + 1, 0))
-    if acked is None:
+    marks = fmt.unpack_ledger_marks(os.pread(ledger_fd, fmt.LEDGER_BYTES + 1, 0))
+    if marks is None:
         warn_once(f"ledger:{log_id}", "spool: unreadable ledger of %s: resending it all", log_id)
-        acked = START
+        marks = START, START
+    acked, sent = marks
     segments: list[Segment] = []
     prefix = f"{log_id}-"
     names = sorted(name for name in os.listdir(app_dir) if name.startswith(prefix))
@@ -557,7 +567,10 @@ def _load_orphan(app_dir: str, log_id: str, ledger_fd: int) -> Orphan:
         except FileNotFoundError:
             continue
         segments.append(Segment(seq, fd, path, os.fstat(fd).st_size))
-    return Orphan(app_dir, log_id, ledger_fd, acked, segments)
+    orphan = Orphan(app_dir, log_id, ledger_fd, acked, segments)
+    orphan._sent = max(sent, acked)  # kept in the ledger for a claimer after this one
+    orphan._was_sent = (sent.segment << SEQ_SHIFT) + sent.offset
+    return orphan
 
 
 def _remove_stale_temps(listing: Listing) -> None:

@@ -204,6 +204,7 @@ class Log:
         self._generation = 0
         self._acked = acked
         self._cursor = acked
+        self._sent = acked  # the furthest position ever taken for sending (persisted)
         self._in_flight: deque[int] = deque()  # end of each taken record, see unpack_position
         self._closed = False
         self.torn = 0
@@ -235,6 +236,10 @@ class Log:
                 self._cursor = last
                 self._in_flight.extend(ends)
                 self._count_torn(cursor, last, batch.corrupt)
+                self._taken(ends)
+                if ends and last > self._sent:  # one pwrite per batch: what may arrive
+                    self._sent = last
+                    self._persist()
             return batch.payloads
 
     def acknowledge(self, count: int) -> None:
@@ -267,7 +272,7 @@ class Log:
 
     def _persist(self) -> None:
         try:
-            os.pwrite(self._ledger_fd, fmt.pack_ledger(self._acked), 0)
+            os.pwrite(self._ledger_fd, fmt.pack_ledger(self._acked, self._sent), 0)
         except OSError as exc:  # kept in memory; a successor would resend (ids dedupe)
             warn_once(f"ack:{self._app_dir}", "spool: cannot record acknowledgement: %s", exc)
 
@@ -323,6 +328,9 @@ class Log:
         pass
 
     def _count_torn(self, start: Position, end: Position, corrupt: int) -> None:
+        pass
+
+    def _taken(self, ends: list[int]) -> None:
         pass
 
     def acknowledged_position(self) -> Position:

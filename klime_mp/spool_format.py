@@ -14,10 +14,13 @@ time only misleads ``status``, so one checksum over the payload is enough). Anyt
 is a corrupt region: the reader counts it once and resyncs at the next magic, so a torn tail
 (a kill mid-write) or a flipped byte costs that record only, never the records after it.
 
-The ledger (``<log>.ledger``) holds the acknowledged position, rewritten in place with one
-``pwrite``: ``LEDGER_MAGIC | segment u64 | offset u64 | crc32`` (24 bytes). Everything in
-segments before ``segment``, and in ``segment`` before ``offset``, is acknowledged. A missing
-segment (deleted once acknowledged, or by the size limit) is simply skipped.
+The ledger (``<log>.ledger``) holds the acknowledged position and the sent mark, rewritten
+in place with one ``pwrite``: ``LEDGER_MAGIC | segment u64 | offset u64 | sent segment u64 |
+sent offset u64 | crc32`` (40 bytes). Everything in segments before ``segment``, and in
+``segment`` before ``offset``, is acknowledged. Records between the acknowledged position and
+the sent mark were taken for sending and not yet acknowledged: if the writer died, the server
+may have them already, and a claimer counts them as resent. A missing segment (deleted once
+acknowledged, or by the size limit) is simply skipped.
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ _CRC = struct.Struct("<I")
 _CRC_LENGTH = struct.Struct("<II")
 _TAIL = struct.Struct("<Id")  # length, time
 
-LEDGER_MAGIC = b"KSL1"
-_LEDGER = struct.Struct("<4sQQ")
+LEDGER_MAGIC = b"KSL2"
+_LEDGER = struct.Struct("<4sQQQQ")
 LEDGER_BYTES = _LEDGER.size + _CRC.size
 
 # Bytes read ahead per pread beyond what a take() asked for, so that a batch of small
@@ -56,22 +59,29 @@ class Position(NamedTuple):
 START = Position(0, 0)
 
 
-def pack_ledger(position: Position) -> bytes:
-    body = _LEDGER.pack(LEDGER_MAGIC, position.segment, position.offset)
+def pack_ledger(position: Position, sent: Position | None = None) -> bytes:
+    mark = position if sent is None or sent < position else sent
+    body = _LEDGER.pack(LEDGER_MAGIC, *position, *mark)
     return body + _CRC.pack(crc32(body))
 
 
 def unpack_ledger(raw: bytes) -> Position | None:
     """The acknowledged position, or None when the ledger is not ours or damaged."""
+    both = unpack_ledger_marks(raw)
+    return None if both is None else both[0]
+
+
+def unpack_ledger_marks(raw: bytes) -> tuple[Position, Position] | None:
+    """The acknowledged position and the sent mark, or None (not ours, or damaged)."""
     if len(raw) != LEDGER_BYTES:
         return None
     body = raw[: _LEDGER.size]
     if _CRC.unpack_from(raw, _LEDGER.size)[0] != crc32(body):
         return None
-    magic, segment, offset = _LEDGER.unpack(body)
+    magic, segment, offset, sent_segment, sent_offset = _LEDGER.unpack(body)
     if magic != LEDGER_MAGIC:
         return None
-    return Position(segment, offset)
+    return Position(segment, offset), Position(sent_segment, sent_offset)
 
 
 def record_time(fd: int, offset: int) -> float | None:

@@ -751,3 +751,27 @@ def test_status_command_prints_a_table_and_json(app: Path, tmp_path: Path) -> No
         [*command, str(tmp_path / "nope")], capture_output=True, text=True, timeout=60
     )
     assert missing.returncode == 2 and "nope" in missing.stderr
+
+
+def test_a_claimer_counts_what_the_dead_writer_had_taken_for_sending(tmp_path: Path) -> None:
+    # The writer took 30 records for sending and had 10 of them acknowledged when it
+    # "died" (closed without acknowledging the rest): the 20 in flight may have reached
+    # the server, so a claimer that sends them again counts them as resent; the 70
+    # never taken are not.
+    app = tmp_path / "app"
+    log = spool.EventLog.open(app, max_bytes=64 * 1024 * 1024, on_loss=lambda reason, records: None)
+    for n in range(100):
+        log.append(b'{"n":%d}' % n)
+    assert len(log.take(30, 1 << 20)) == 30
+    log.acknowledge(10)
+    log.close()
+    orphan = spool.claim_orphan(app)
+    assert orphan is not None
+    taken = orphan.take(100, 1 << 20)
+    assert len(taken) == 90 and taken[0] == b'{"n":10}'
+    assert orphan.resent == 20
+    orphan.rewind()  # taken again after a failed send: not counted twice
+    orphan.take(100, 1 << 20)
+    assert orphan.resent == 20
+    orphan.acknowledge(90)
+    orphan.release()
