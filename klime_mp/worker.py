@@ -256,13 +256,17 @@ class Worker:
 
     def _drain_locked(self, deadline: float | None, full_batches_only: bool = False) -> None:
         while True:
-            if deadline is not None and time.monotonic() >= deadline:
+            # shutdown() may set its deadline while this runs: honour the nearer one
+            limit = min((d for d in (deadline, self._deadline) if d is not None), default=None)
+            if limit is not None and time.monotonic() >= limit:
                 return
             source, batch = self._take_batch(full_batches_only)
             if source is None:
                 return
-            self._deliver(source, batch)
+            settled = self._deliver(source, batch)
             self._ledger.report_parked()
+            if not settled:
+                return  # kept on disk for later (the deadline came first): stop here
 
     def _take_batch(self, full_batches_only: bool) -> tuple[Source | None, list[bytes]]:
         """The next batch: the spool's events first, then memory's (a failed disk).
@@ -285,13 +289,14 @@ class Worker:
             self._in_flight, self._in_flight_source = batch, source
         return source, batch
 
-    def _deliver(self, source: Source, batch: list[bytes]) -> None:
+    def _deliver(self, source: Source, batch: list[bytes]) -> bool:
+        """Post one batch and settle it; False when it was kept on disk unsent."""
         delivery = self._post(batch)
         with self._lock:
             mine = self._in_flight is batch
             self._in_flight = self._in_flight_source = None
             if not mine:
-                return  # shutdown gave it up at its deadline and reported it already
+                return True  # shutdown gave it up at its deadline and reported it already
             kept = delivery.response is None and self._keeps(source, delivery)
             if kept:
                 source.rewind()  # on disk still: a later attempt or the next process
@@ -300,6 +305,7 @@ class Worker:
         if not kept:
             self._settle(batch, delivery)
         self._notify_progress()
+        return not kept
 
     def _keeps(self, source: Source, delivery: Delivery) -> bool:
         """Events from the spool are lost only to a refusal; the rest waits on disk."""

@@ -96,7 +96,8 @@ SUCCESSOR = textwrap.dedent("""
     client.track("Successor", user_id="u")
     delivered = client.shutdown()
     stats = client.stats()
-    print(json.dumps({"delivered": delivered, "recovered": stats.recovered, "resent": stats.resent}))
+    outcome = {"delivered": delivered, "recovered": stats.recovered, "resent": stats.resent}
+    print(json.dumps(outcome))
 """)
 
 
