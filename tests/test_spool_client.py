@@ -114,6 +114,15 @@ def successor_delivers(url: str, spool: Path) -> dict[str, Any]:
     return outcome
 
 
+def wait_until_released(spool: Path) -> None:
+    """After shutdown() in this process: its sender lets go of its log as soon as its
+    last attempt returns (then a successor can claim what is left)."""
+    deadline = time.monotonic() + 20
+    while any(state.live for state in spool_status(spool)):
+        assert time.monotonic() < deadline, spool_status(spool)
+        time.sleep(0.05)
+
+
 def stored_counts(events: list[dict[str, Any]]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for event in events:
@@ -225,11 +234,7 @@ def test_shutdown_during_an_outage_leaves_the_events_on_disk_not_lost(
         client.track("Kept", user_id="u")
     assert client.shutdown() is False  # not delivered...
     assert errors == [] and client.stats().dropped == {}  # ...but not lost either
-    # Its sender lets go of the log as soon as its last attempt returns.
-    deadline = time.monotonic() + 20
-    while spool_status(spool)[0].live:
-        assert time.monotonic() < deadline, spool_status(spool)
-        time.sleep(0.05)
+    wait_until_released(spool)
     assert spool_status(spool)[0].pending == 40
     collector_process = start()
     successor_delivers(url, spool)
@@ -283,6 +288,7 @@ def test_a_forked_child_writes_its_own_log_and_the_parent_keeps_its_own(
     ledgers = list(app.glob("*.ledger"))  # one per log, i.e. per writing process
     assert len(ledgers) == 2  # the child never appended to the parent's log
     client.shutdown()
+    wait_until_released(spool)
     collector_process = start()
     successor_delivers(url, spool)
     assert collector_process.wait_for(13)
