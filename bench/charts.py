@@ -12,6 +12,7 @@ from bench.stats import DASH, Summary
 Raw = dict[str, Any]
 COLORS = {
     "klime_mp": "#1b9e77",
+    "klime_mp_spool": "#66a61e",
     "klime": "#d95f02",
     "segment": "#7570b3",
     "posthog": "#e7298a",

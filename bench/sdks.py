@@ -26,10 +26,11 @@ USER = "usr_1"
 GROUP = "org_1"
 WRITE_KEY = "bench-write-key"
 
-SDKS = ("klime_mp", "klime", "segment", "posthog")
+SDKS = ("klime_mp", "klime_mp_spool", "klime", "segment", "posthog")
 PEERS = ("klime", "segment", "posthog")
 LABELS = {
     "klime_mp": "klime_mp",
+    "klime_mp_spool": "klime_mp + spool",
     "klime": "klime 1.1.0 (official)",
     "segment": "Segment analytics-python",
     "posthog": "PostHog",
@@ -80,10 +81,13 @@ def _ms(seconds: float | None) -> int | None:
 
 class KlimeMp(Adapter):
     name = "klime_mp"
-    default_queue_size = 1000
+    default_queue_size = 10000
+    spool = False  # the durable spool (KlimeMpSpool): every event written to disk too
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
+        import tempfile
+
         from klime_mp import KlimeClient
 
         self.client = KlimeClient(
@@ -92,6 +96,7 @@ class KlimeMp(Adapter):
             max_queue_size=settings.queue_size,
             max_batch_size=settings.batch_size,
             flush_interval=_ms(settings.flush_interval_s),
+            spool_dir=tempfile.mkdtemp(prefix="klime-bench-spool-") if self.spool else None,
         )
         self.call = functools.partial(self.client.track, EVENT, user_id=USER, group_id=GROUP)
 
@@ -103,6 +108,11 @@ class KlimeMp(Adapter):
 
     def queued(self) -> int:
         return int(self.client.queue_size())
+
+
+class KlimeMpSpool(KlimeMp):
+    name = "klime_mp_spool"
+    spool = True
 
 
 class Klime(Adapter):
@@ -194,6 +204,7 @@ class PostHog(Adapter):
 
 ADAPTERS: dict[str, type[Adapter]] = {
     "klime_mp": KlimeMp,
+    "klime_mp_spool": KlimeMpSpool,
     "klime": Klime,
     "segment": Segment,
     "posthog": PostHog,
