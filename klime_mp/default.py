@@ -48,6 +48,11 @@ def get_client() -> KlimeClient:
         return _default
 
 
+def current() -> KlimeClient | None:
+    """The default client if there is one; never creates it."""
+    return _default
+
+
 def track(
     event: str,
     properties: Properties = None,
