@@ -190,3 +190,19 @@ def assert_exactly_once(load: LoadResult, got: Tally, *, allow_refused: bool = F
     assert got.stored == load.events_expected
     # One track event per request, tagged with the PID of the worker that answered it.
     assert got.track_by_pid == load.requests_by_pid
+
+
+def assert_each_request_in_order(collector: Collector) -> None:
+    """Each request's two events (identify then track, group then track) were stored in
+    the order its handler tracked them: one greenlet or thread's events never swap."""
+    position: dict[tuple[str, str], int] = {}
+    for index, event in enumerate(collector.events()):
+        kind = event["type"] if event["type"] != "track" else event["event"]
+        key = event.get("userId") or ""
+        if kind in ("group", "Joined Organization"):
+            key = f"{event.get('userId')}/{event.get('groupId')}"
+        position.setdefault((kind, key), index)
+    for (kind, key), index in position.items():
+        first = {"Signed In": "identify", "Joined Organization": "group"}.get(kind)
+        if first is not None:
+            assert position[(first, key)] < index, f"{kind} of {key} stored before its {first}"
