@@ -78,11 +78,13 @@ class Servers:
         *options: str,
         workers: int = 2,
         app_dir: Path = APPS,
+        app: str = "asgi_app:app",
         env: dict[str, str] | None = None,
     ) -> ServerProcess:
-        """``uvicorn --workers N`` serving asgi_app.py (tests/apps/ unless ``app_dir``)."""
+        """``uvicorn --workers N`` serving ``app`` from ``app_dir`` (tests/apps/)."""
         return self._start(
-            lambda port: uvicorn_argv(port, workers, *options, app_dir=app_dir), env=env
+            lambda port: uvicorn_argv(port, workers, *options, app_dir=app_dir, app=app),
+            env=env,
         )
 
     def uwsgi(
@@ -124,10 +126,12 @@ def bare_gunicorn_argv(
     return [*argv, *options, app]
 
 
-def uvicorn_argv(port: int, workers: int, *options: str, app_dir: Path = APPS) -> list[str]:
+def uvicorn_argv(
+    port: int, workers: int, *options: str, app_dir: Path = APPS, app: str = "asgi_app:app"
+) -> list[str]:
     argv = [sys.executable, "-m", "uvicorn", "--host", HOST, "--port", str(port)]
     argv += ["--workers", str(workers), "--app-dir", str(app_dir), "--no-access-log"]
-    return [*argv, *options, "asgi_app:app"]
+    return [*argv, *options, app]
 
 
 @contextmanager

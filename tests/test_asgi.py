@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -337,3 +338,17 @@ def test_uvicorn_reload_delivers_the_old_processes_events(
     got = stop_and_count(server, collector, load)
     assert_exactly_once(load, got)
     assert len(load.requests_by_pid) == 2  # served before and after the reload
+
+
+@pytest.mark.server
+def test_fastapi_example_under_uvicorn_workers_delivers_every_event(
+    servers: Servers, collector: Collector
+) -> None:
+    pytest.importorskip("fastapi")
+    example = Path(__file__).resolve().parent.parent / "examples" / "fastapi_app"
+    server = servers.uvicorn(workers=2, app_dir=example, app="app:app")
+    load = run_load(server, total=100, concurrency=8)
+    got = stop_and_count(server, collector, load)
+    assert_exactly_once(load, got)
+    types = Counter(event["type"] for event in collector.events())
+    assert types == {"identify": 10, "group": 10, "track": 100}  # 10 users, 100 requests
