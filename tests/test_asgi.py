@@ -176,8 +176,8 @@ def test_flush_after_request_sends_the_requests_events(
 
 
 def test_flush_waits_off_the_event_loop(held_client: klime_mp.KlimeClient) -> None:
-    # A flush that cannot finish (nothing listens at the endpoint's port... here: the
-    # sender is held) must leave the loop free: a ticker keeps running meanwhile.
+    # The flush is held until the loop has run 20 ticks: were it waiting on the loop's
+    # thread, no tick could run and it would never be released (the wait times out).
     held_client.track("Queued", user_id="usr_1")
     release = threading.Event()
     original = held_client.flush

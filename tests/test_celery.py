@@ -193,3 +193,30 @@ def test_warm_shutdown_without_recycling_loses_nothing(
     by_pid = run_tasks(redis_url, 40)
     assert worker.warm_shutdown() == 0, worker.log_tail()
     assert_every_event_once(collector, 40, by_pid)
+
+
+def test_connecting_twice_leaves_one_receiver() -> None:
+    from celery.signals import worker_process_shutdown
+
+    from klime_mp import celery as klime_celery
+
+    def ours() -> list[Any]:
+        return [
+            r for r in worker_process_shutdown.receivers if r[0][0] == klime_celery.DISPATCH_UID
+        ]
+
+    assert klime_celery.connect() is True
+    assert klime_celery.connect() is True
+    assert len(ours()) == 1
+
+
+def test_klime_mp_never_imports_celery_itself() -> None:
+    script = (
+        "import sys, klime_mp\n"
+        "klime_mp.configure('key', endpoint='http://127.0.0.1:9', send=False)\n"
+        "klime_mp.track('Started', user_id='usr_1')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('celery', 'uwsgi')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
