@@ -123,7 +123,8 @@ class KlimeMiddleware:
         except Exception:
             if answered:
                 raise  # a real startup or shutdown failure of the app: the server's call
-            logger.debug("Klime: the app does not support lifespan; handling it here")
+            # As uvicorn's "lifespan unsupported" case: the app raised before answering.
+            logger.debug("Klime: the app does not support lifespan; handling it", exc_info=True)
         if not answered:
             await _serve_lifespan(received, receive, send, self._shutdown_flush)
 
