@@ -87,7 +87,10 @@ class CeleryWorker:
     ) -> None:
         self.log_path = tmp_path / "celery.log"
         env = server_env(endpoint)
+        self.done_dir = tmp_path / "done"
+        self.done_dir.mkdir(exist_ok=True)
         env.update(CELERY_BROKER_URL=broker, PYTHONPATH=str(APPS))
+        env["TASKS_DONE_DIR"] = str(self.done_dir)
         if hold:
             env["HOLD_EVENTS"] = "1"
         argv = [sys.executable, "-m", "celery", "-A", "celery_app", "worker", "-P", "prefork"]
@@ -135,14 +138,21 @@ def start_worker(tmp_path: Path, redis_url: str, collector: Collector) -> Iterat
         worker.kill()
 
 
-def run_tasks(broker: str, total: int) -> Counter[int]:
-    """Send ``total`` tasks and wait for every result: tasks run by pool process PID."""
-    sender = celery.Celery("klime-test", broker=broker, backend=broker)
+def run_tasks(worker: CeleryWorker, broker: str, total: int) -> Counter[int]:
+    """Send ``total`` tasks and wait until each has run: tasks run by pool process PID."""
+    sender = celery.Celery("klime-test", broker=broker)
     try:
-        results = [sender.send_task("celery_app.work", args=[n]) for n in range(total)]
-        return Counter(int(result.get(timeout=90)) for result in results)
+        for n in range(total):
+            sender.send_task("celery_app.work", args=[n])
     finally:
         sender.close()
+    deadline = time.monotonic() + 90
+    while len(list(worker.done_dir.iterdir())) < total or any(
+        path.suffix == ".tmp" for path in worker.done_dir.iterdir()
+    ):
+        assert time.monotonic() < deadline, f"tasks did not all run:\n{worker.log_tail()}"
+        time.sleep(0.05)
+    return Counter(int(path.read_text()) for path in worker.done_dir.iterdir())
 
 
 def assert_every_event_once(collector: Collector, total: int, by_pid: Counter[int]) -> None:
@@ -165,7 +175,7 @@ def test_recycled_children_and_warm_shutdown_lose_nothing(
     start_worker: Any, redis_url: str, collector: Collector
 ) -> None:
     worker = start_worker("-c", "2", "--max-tasks-per-child", "3")
-    by_pid = run_tasks(redis_url, 30)
+    by_pid = run_tasks(worker, redis_url, 30)
     assert worker.warm_shutdown() == 0, worker.log_tail()
     assert len(by_pid) >= 10  # 3 tasks per child life: children were recycled
     assert_every_event_once(collector, 30, by_pid)
@@ -178,7 +188,7 @@ def test_children_recycled_for_memory_lose_nothing(
     # 1 KiB: every child's resident size is above it after its first task, so billiard
     # recycles each child after every task (it checks after each one): deterministic.
     worker = start_worker("-c", "2", "--max-memory-per-child", "1")
-    by_pid = run_tasks(redis_url, 8)
+    by_pid = run_tasks(worker, redis_url, 8)
     assert worker.warm_shutdown() == 0, worker.log_tail()
     assert len(by_pid) >= 4  # about one task per child life (8 seen in every local run)
     assert_every_event_once(collector, 8, by_pid)
@@ -190,7 +200,7 @@ def test_warm_shutdown_without_recycling_loses_nothing(
 ) -> None:
     # Events held in the queue until exit: only the exit path can deliver them.
     worker = start_worker("-c", "2", hold=True)
-    by_pid = run_tasks(redis_url, 40)
+    by_pid = run_tasks(worker, redis_url, 40)
     assert worker.warm_shutdown() == 0, worker.log_tail()
     assert_every_event_once(collector, 40, by_pid)
 
