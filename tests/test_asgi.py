@@ -8,6 +8,7 @@ runs: without the middleware a worker's queued events die with it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -331,13 +332,19 @@ def test_uvicorn_reload_delivers_the_old_processes_events(
     server = servers.uvicorn("--reload", "--reload-dir", str(app_dir), workers=1, app_dir=app_dir)
 
     def edit_the_code() -> None:
-        (app_dir / "asgi_app.py").write_text(source + "\n# edited\n")
-        wait_for_log(server, "Application startup complete", 2)  # the new process is up
+        # StatReload notes each file's mtime on its first scan, 0.25 s or so after start:
+        # an edit made before that scan goes unnoticed. Edit again until it reloads.
+        for attempt in range(4):
+            (app_dir / "asgi_app.py").write_text(f"{source}\n# edit {attempt}\n")
+            with contextlib.suppress(AssertionError):
+                wait_for_log(server, "Application startup complete", 2, timeout=5.0)
+                return
+        pytest.fail(f"uvicorn did not reload:\n{server.log_tail()}")
 
     load = run_load(server, total=60, at={30: edit_the_code})
     got = stop_and_count(server, collector, load)
     assert_exactly_once(load, got)
-    assert len(load.requests_by_pid) == 2  # served before and after the reload
+    assert len(load.requests_by_pid) >= 2  # served before and after the reload
 
 
 @pytest.mark.server
