@@ -2,14 +2,23 @@
 
 Public API: ``KlimeClient`` (a drop-in for ``klime.KlimeClient``) and module-level
 calls on a default client (``configure``, ``track``, ``identify``, ``group``, ``flush``,
-``shutdown``).
+``flush_async``, ``shutdown``).
 """
 
 from __future__ import annotations
 
 from klime_mp._version import __version__
 from klime_mp.client import KlimeClient
-from klime_mp.default import configure, flush, get_client, group, identify, shutdown, track
+from klime_mp.default import (
+    configure,
+    flush,
+    flush_async,
+    get_client,
+    group,
+    identify,
+    shutdown,
+    track,
+)
 from klime_mp.delivery import DeliveryError
 from klime_mp.ledger import LossReport, Stats
 from klime_mp.responses import BatchResponse, EventTooLargeError, SendError, ValidationError
@@ -26,6 +35,7 @@ __all__ = [
     "__version__",
     "configure",
     "flush",
+    "flush_async",
     "get_client",
     "group",
     "identify",

@@ -135,6 +135,14 @@ class KlimeClient:
         worker = self._worker.peek()
         return True if worker is None else worker.flush(timeout)
 
+    async def flush_async(self, timeout: float | None = None) -> bool:
+        """``flush()`` for async code: the wait runs in the loop's default executor, so
+        the event loop keeps serving while the sender delivers."""
+        import asyncio  # here: most programs never await, and asyncio is slow to import
+
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self.flush, timeout)
+
     def shutdown(self) -> bool:
         """Send what is queued (within ``shutdown_timeout``) and stop, in this process.
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from klime_mp import forksafe
+from klime_mp import forksafe, hosts
 from klime_mp.client import KlimeClient, Properties
 from klime_mp.events import Id
 
@@ -20,9 +20,11 @@ def configure(write_key: str | None = None, **options: Any) -> KlimeClient:
     """Create the default client (replacing, after flushing, any earlier one).
 
     Takes every ``KlimeClient`` argument; ``write_key`` falls back to KLIME_WRITE_KEY.
-    Starts no thread and opens no socket."""
+    Starts no thread and opens no socket. Inside uWSGI or a Celery worker it hooks
+    their exit paths too (``klime_mp.hosts``), in the master before it forks."""
     global _default
     client = KlimeClient(write_key, **options)  # validate before replacing anything
+    hosts.install_for_process(forksafe.getpid())
     with forksafe.process_lock():
         previous, _default = _default, client
     if previous is not None:
@@ -46,6 +48,11 @@ def get_client() -> KlimeClient:
         return _default
 
 
+def current() -> KlimeClient | None:
+    """The default client if there is one; never creates it."""
+    return _default
+
+
 def track(
     event: str,
     properties: Properties = None,
@@ -67,6 +74,12 @@ def flush(timeout: float | None = None) -> bool:
     """Flush the default client (a no-op returning True if there is none)."""
     client = _default
     return True if client is None else client.flush(timeout)
+
+
+async def flush_async(timeout: float | None = None) -> bool:
+    """``flush()`` for async code: waits in a thread, never blocking the event loop."""
+    client = _default
+    return True if client is None else await client.flush_async(timeout)
 
 
 def shutdown() -> bool:

@@ -38,6 +38,8 @@ import weakref
 from types import FrameType
 from typing import Any, Callable, Generic, Protocol, TypeVar, cast
 
+from klime_mp import hosts
+
 logger = logging.getLogger(__name__)
 
 
@@ -224,6 +226,7 @@ def _install_exit_hooks(pid: int) -> None:
 
     It is registered in the child itself, after multiprocessing has cleared the
     finalizers it inherited from its parent."""
+    hosts.install_for_process(pid)  # uWSGI's and Celery's own exit paths, if running there
     in_child = pid == _multiprocessing_child or multiprocessing.parent_process() is not None
     if pid in _exit_hook_pids or not in_child:
         return

@@ -1,7 +1,9 @@
 """uWSGI hooks: send a worker's queued events when it exits; check the setup per worker.
 
-Import it once, from the ini (``import = klime_mp.uwsgi``) or from the app module
-(``import klime_mp.uwsgi``). Outside uWSGI the import does nothing. It adds to, and
+Nothing to do: ``klime_mp.configure()`` and the first event of any client install these
+hooks when they run inside uWSGI (``klime_mp.hosts``). Importing it yourself, from the
+ini (``import = klime_mp.uwsgi``) or the app module, does the same, once per process
+tree whichever comes first. Outside uWSGI the import does nothing. It adds to, and
 never replaces, hooks that are already set:
 
 * ``uwsgi.atexit``: uWSGI calls it in a worker that stops, reloads or is recycled.

@@ -8,6 +8,7 @@ every server's process group at teardown. The servers are the demo's
 from __future__ import annotations
 
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,16 +20,20 @@ import pytest
 
 from klime_mp.collector import Collector
 from klime_mp.demo import (
+    HOST,
     LoadResult,
     ServerProcess,
     Tally,
     drive,
+    example_dir,
     gunicorn_argv,
+    gunicorn_settings,
     server_env,
     tally,
     uwsgi_argv,
 )
 
+APPS = Path(__file__).resolve().parent / "apps"  # small apps for hosts the example lacks
 REQUESTS = 60  # per case: enough to reach every worker, few enough for a 2-core CI box
 
 # Short graceful timeouts keep a hung stop from eating the test's time budget.
@@ -54,19 +59,79 @@ class Servers:
             lambda port: gunicorn_argv(port, None, *GUNICORN_FAST, *options, config=str(config))
         )
 
-    def uwsgi(self, *options: str, workers: int = 4, ini: Path | None = None) -> ServerProcess:
-        fifo = self.tmp_path / f"uwsgi-{len(self._started)}.fifo"
-        return self._start(lambda port: uwsgi_argv(port, workers, fifo, *options, ini=ini), fifo)
+    def bare_gunicorn(
+        self,
+        *options: str,
+        workers: int = 2,
+        app: str = "app:app",
+        chdir: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> ServerProcess:
+        """Gunicorn without klime_mp's hooks: what a user who only calls configure() runs."""
+        return self._start(
+            lambda port: bare_gunicorn_argv(port, workers, *options, app=app, chdir=chdir),
+            env=env,
+        )
 
-    def _start(self, argv: Callable[[int], list[str]], fifo: Path | None = None) -> ServerProcess:
+    def uvicorn(
+        self,
+        *options: str,
+        workers: int = 2,
+        app_dir: Path = APPS,
+        app: str = "asgi_app:app",
+        env: dict[str, str] | None = None,
+    ) -> ServerProcess:
+        """``uvicorn --workers N`` serving ``app`` from ``app_dir`` (tests/apps/)."""
+        return self._start(
+            lambda port: uvicorn_argv(port, workers, *options, app_dir=app_dir, app=app),
+            env=env,
+        )
+
+    def uwsgi(
+        self,
+        *options: str,
+        workers: int = 4,
+        ini: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> ServerProcess:
+        fifo = self.tmp_path / f"uwsgi-{len(self._started)}.fifo"
+        return self._start(
+            lambda port: uwsgi_argv(port, workers, fifo, *options, ini=ini), fifo, env=env
+        )
+
+    def _start(
+        self,
+        argv: Callable[[int], list[str]],
+        fifo: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> ServerProcess:
         log = self.tmp_path / f"server-{len(self._started)}.log"
-        server = ServerProcess(argv, server_env(self.collector.url), log, fifo)
+        full_env = {**server_env(self.collector.url), **(env or {})}
+        server = ServerProcess(argv, full_env, log, fifo)
         self._started.append(server)
         return server.start()
 
     def close(self) -> None:
         for server in self._started:
             server.kill()
+
+
+def bare_gunicorn_argv(
+    port: int, workers: int, *options: str, app: str, chdir: Path | None = None
+) -> list[str]:
+    argv = [sys.executable, "-m", "gunicorn", "--bind", f"{HOST}:{port}"]
+    argv += ["--workers", str(workers), "--chdir", str(chdir or example_dir()), *GUNICORN_FAST]
+    if "control_socket_disable" in gunicorn_settings():
+        argv.append("--no-control-socket")  # one shared default path: parallel runs clash
+    return [*argv, *options, app]
+
+
+def uvicorn_argv(
+    port: int, workers: int, *options: str, app_dir: Path = APPS, app: str = "asgi_app:app"
+) -> list[str]:
+    argv = [sys.executable, "-m", "uvicorn", "--host", HOST, "--port", str(port)]
+    argv += ["--workers", str(workers), "--app-dir", str(app_dir), "--no-access-log"]
+    return [*argv, *options, app]
 
 
 @contextmanager
@@ -124,7 +189,24 @@ def assert_exactly_once(load: LoadResult, got: Tally, *, allow_refused: bool = F
     else:
         assert load.failed == 0, load.errors[:5]
     assert load.ok > 0
+    print(f"delivered {got.stored}/{load.events_expected}, {got.duplicates} duplicates")
     assert got.duplicates == 0
     assert got.stored == load.events_expected
     # One track event per request, tagged with the PID of the worker that answered it.
     assert got.track_by_pid == load.requests_by_pid
+
+
+def assert_each_request_in_order(collector: Collector) -> None:
+    """Each request's two events (identify then track, group then track) were stored in
+    the order its handler tracked them: one greenlet or thread's events never swap."""
+    position: dict[tuple[str, str], int] = {}
+    for index, event in enumerate(collector.events()):
+        kind = event["type"] if event["type"] != "track" else event["event"]
+        key = event.get("userId") or ""
+        if kind in ("group", "Joined Organization"):
+            key = f"{event.get('userId')}/{event.get('groupId')}"
+        position.setdefault((kind, key), index)
+    for (kind, key), index in position.items():
+        first = {"Signed In": "identify", "Joined Organization": "group"}.get(kind)
+        if first is not None:
+            assert position[(first, key)] < index, f"{kind} of {key} stored before its {first}"

@@ -205,3 +205,61 @@ def test_recycled_workers_lose_nothing(servers: Servers, collector: Collector) -
     got = stop_and_count(server, collector, load)
     assert_exactly_once(load, got)
     assert len(load.requests_by_pid) >= 4  # at most 15 requests per worker life
+
+
+# -- no configuration: configure() finds uWSGI itself -----------------------------------
+
+IMPORT_LINE = "import = klime_mp.uwsgi"
+
+
+def ini_without_import(tmp_path: Path) -> Path:
+    """The example's ini without ``import = klime_mp.uwsgi``: nothing but configure()."""
+    text = EXAMPLE_INI.read_text().replace("chdir = %d", f"chdir = {EXAMPLE_INI.parent}")
+    assert IMPORT_LINE in text
+    ini = tmp_path / "bare-uwsgi.ini"
+    ini.write_text(text.replace(IMPORT_LINE, ""))
+    return ini
+
+
+@needs_uwsgi
+@pytest.mark.parametrize(
+    ("lazy_apps", "teardown"),
+    [(False, True), (False, False), (True, False)],
+    ids=["fork-after-load", "fork-after-load-skip-atexit-teardown", "lazy-apps-skip-teardown"],
+)
+def test_without_the_import_line_recycling_and_stop_lose_nothing(
+    servers: Servers, collector: Collector, tmp_path: Path, lazy_apps: bool, teardown: bool
+) -> None:
+    options = ["--max-requests", "15", "--min-worker-lifetime", "0"]
+    if lazy_apps:
+        options.append("--lazy-apps")
+    if not teardown:
+        # No Py_Finalize in a leaving worker: Python's atexit handlers never run there,
+        # only uwsgi.atexit does; klime_mp must have hooked it without being told.
+        options.append("--skip-atexit-teardown")
+    server = servers.uwsgi(*options, workers=2, ini=ini_without_import(tmp_path))
+    load = run_load(server)
+    wait_for_log(server, "Respawned uWSGI worker", server.log().count("is done. Seeya!"))
+    time.sleep(1.0)  # as in test_recycled_workers_lose_nothing: let respawns settle
+    got = stop_and_count(server, collector, load)
+    assert_exactly_once(load, got)
+    assert len(load.requests_by_pid) >= 4
+
+
+def test_configure_installs_the_uwsgi_hooks_once(
+    exit_flushes: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import klime_mp
+    from klime_mp import default, hosts
+
+    api = FakeUwsgi()
+    monkeypatch.setattr(default, "_default", None)  # restored afterwards
+    monkeypatch.setitem(sys.modules, "uwsgi", api)
+    monkeypatch.setattr(hosts, "_installed_in", set())
+    assert not hasattr(api, "atexit")
+    klime_mp.configure("key", endpoint="http://127.0.0.1:9")
+    assert hasattr(api, "atexit")  # configure() found uWSGI and hooked it
+    klime_mp.configure("key", endpoint="http://127.0.0.1:9")
+    klime_uwsgi.install()  # what ``import = klime_mp.uwsgi`` does: still works, once
+    api.atexit()  # type: ignore[attr-defined]
+    assert exit_flushes == ["exit_flush"]
