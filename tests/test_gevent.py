@@ -79,7 +79,7 @@ PROBE = textwrap.dedent(
     print(json.dumps({
         "delivered": delivered,
         "switches_inside_track": len(switches),
-        "queue": type(worker._queue).__module__ + "." + type(worker._queue).__name__,
+        "queue": type(worker._memory._waiting).__module__ + "." + type(worker._memory._waiting).__name__,
         "lock_is_gevents": type(worker._lock).__module__.startswith("gevent"),
         "tracer_works": tracer_works,
         "stats": klime_mp.get_client().stats().sent,
