@@ -76,10 +76,11 @@ PROBE = textwrap.dedent(
     greenlet.settrace(None)
     delivered = klime_mp.flush(30)
     worker = client._worker.peek()
+    waiting = worker._memory._waiting
     print(json.dumps({
         "delivered": delivered,
         "switches_inside_track": len(switches),
-        "queue": type(worker._memory._waiting).__module__ + "." + type(worker._memory._waiting).__name__,
+        "queue": type(waiting).__module__ + "." + type(waiting).__name__,
         "lock_is_gevents": type(worker._lock).__module__.startswith("gevent"),
         "tracer_works": tracer_works,
         "stats": klime_mp.get_client().stats().sent,
