@@ -35,6 +35,10 @@ CSV_COLUMNS = frozenset({*API_KEYS, "message_id"})
 _NESTED = ("properties.", "traits.")
 
 _DECODE_ERRORS = (ValueError, TypeError, RecursionError)
+# Built once: json.dumps() with options builds a new encoder on every call.
+_canonical = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
 _ENCODE_ERRORS = (ValueError, TypeError, RecursionError, UnicodeEncodeError)
 
 
@@ -209,7 +213,4 @@ def derived_message_id(body: dict[str, Any]) -> str:
     spaces, UTF-8, ids as text, timestamp as sent. The same event gives the same id,
     whichever shape or file it came from."""
     canonical = {k: v for k, v in body.items() if k not in ("messageId", "context")}
-    text = json.dumps(
-        canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
-    return str(uuid.uuid5(IMPORT_NAMESPACE, text))
+    return str(uuid.uuid5(IMPORT_NAMESPACE, _canonical(canonical)))
