@@ -56,6 +56,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout", type=float, default=10.0, help="seconds per HTTP attempt (default: 10)"
     )
+    parser.add_argument(
+        "--retry-max-attempts",
+        type=int,
+        default=None,
+        metavar="N",
+        help="HTTP attempts per batch before the import stops (default: 5)",
+    )
+    parser.add_argument(
+        "--progress-every",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help=f"progress interval (default: {TTY_EVERY_S} on a terminal, else {PLAIN_EVERY_S:g})",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -65,7 +79,12 @@ def run(args: argparse.Namespace) -> int:
     options: Options | None = None
     if not args.check:
         try:
-            options = build_options(args.write_key, args.endpoint, timeout=args.timeout)
+            options = build_options(
+                args.write_key,
+                args.endpoint,
+                retry_max_attempts=args.retry_max_attempts,
+                timeout=args.timeout,
+            )
         except (ValueError, TypeError) as exc:
             return _usage(str(exc))
     fmt = args.format or ("csv" if args.file.lower().endswith(".csv") else "jsonl")
@@ -74,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         source: IO[bytes] = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115  # closed by the with below
     except OSError as exc:
         return _usage(f"cannot open {args.file}: {exc.strerror}")
-    status = Status(sys.stderr, quiet=args.quiet)
+    status = Status(sys.stderr, args.quiet, args.progress_every)
     counts = importer.Counts()
     try:
         with source, tempfile.TemporaryDirectory(prefix="klime-import-") as directory:
@@ -155,11 +174,13 @@ class Status:
     """Progress on stderr: one redrawn line on a terminal, a plain line every few
     seconds otherwise; bad lines printed above it."""
 
-    def __init__(self, stream: TextIO, quiet: bool) -> None:
+    def __init__(self, stream: TextIO, quiet: bool, every: float | None = None) -> None:
         self._stream = stream
         self._quiet = quiet
         self._tty = stream.isatty()
-        self._every = TTY_EVERY_S if self._tty else PLAIN_EVERY_S
+        if every is None:
+            every = TTY_EVERY_S if self._tty else PLAIN_EVERY_S
+        self._every = every
         self._next = time.monotonic() + self._every
         self._drawn = False  # a progress line without a newline is on the terminal
 

@@ -337,3 +337,107 @@ def test_retry_after_is_honoured(tmp_path: Path) -> None:
         assert elapsed >= limited * 1.0  # each 429 paused the import for its Retry-After
     finally:
         collector.stop()
+
+
+def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(tmp_path: Path) -> None:
+    collector = CollectorProcess(tmp_path / "events.sqlite3", "--delay", "0.02")
+    try:
+        path = write_jsonl(tmp_path / "e.jsonl", [track_line(i) for i in range(1000)])
+        result = run_import(
+            collector.url, "--batch-size", "20", "--progress-every", "0.1", str(path)
+        )
+        assert result.returncode == 0, result.stderr
+        progress = re.findall(
+            r"^klime-mp import: sent ([\d,]+) of 1,000 \(\d+ %\), "
+            r"[\d,]+ events/s, ETA \d+:\d\d:\d\d$",
+            result.stderr,
+            re.M,
+        )
+        assert len(progress) >= 2 and "\r" not in result.stderr
+        assert summary(result.stdout)["sent"] == 1000  # the summary stays on stdout
+    finally:
+        collector.stop()
+
+
+def test_progress_redraws_one_line_on_a_terminal(
+    tmp_path: Path, collector: CollectorProcess
+) -> None:
+    path = write_jsonl(tmp_path / "e.jsonl", [track_line(i) for i in range(300)])
+    controller, terminal = os.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "klime_mp", "import", "--progress-every", "0", str(path)],
+            env=environment(collector.url),
+            stdout=subprocess.PIPE,
+            stderr=terminal,
+            timeout=60,
+        )
+        os.close(terminal)
+        terminal = -1
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: the writer is gone and everything was read
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        if terminal >= 0:
+            os.close(terminal)
+        os.close(controller)
+    assert proc.returncode == 0
+    assert b"\r\x1b[Ksent 100 of 300" in shown and b"ETA" in shown
+    assert b"klime-mp import:" not in shown  # the plain form is for logs
+
+
+def test_ctrl_c_prints_the_tally_and_exits_130(tmp_path: Path) -> None:
+    collector = CollectorProcess(tmp_path / "events.sqlite3", "--delay", "0.05")
+    try:
+        path = write_jsonl(tmp_path / "e.jsonl", [track_line(i) for i in range(3000)])
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "klime_mp", "import", "--batch-size", "50", str(path)],
+            env=environment(collector.url),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert collector.wait_for(100, timeout=60)
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+            proc.wait()
+        assert proc.returncode == 130
+        assert "interrupted: run the same command again" in err
+        assert 100 <= summary(out)["sent"] < 3000
+    finally:
+        collector.stop()
+
+
+def test_a_refused_write_key_stops_the_import(tmp_path: Path) -> None:
+    collector = CollectorProcess(tmp_path / "events.sqlite3", "--write-key", "another-key")
+    try:
+        path = write_jsonl(tmp_path / "e.jsonl", [track_line(i) for i in range(250)])
+        result = run_import(collector.url, str(path))
+        assert result.returncode == 1
+        assert "stopped: rejected with HTTP 401" in result.stderr
+        assert summary(result.stdout)["not sent"] == 250
+        assert collector.stats()["requests"] == 1  # not one 401 per batch
+    finally:
+        collector.stop()
+
+
+def test_an_unreachable_server_stops_the_import_after_the_retries(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as placeholder:  # a port nothing listens on
+        placeholder.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{placeholder.getsockname()[1]}"
+    path = write_jsonl(tmp_path / "e.jsonl", [track_line(i) for i in range(150)])
+    result = run_import(endpoint, "--retry-max-attempts", "1", str(path))
+    assert result.returncode == 1
+    assert "stopped: failed after 1 attempts" in result.stderr
+    assert summary(result.stdout)["not sent"] == 150
