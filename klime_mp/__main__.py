@@ -9,8 +9,8 @@ from klime_mp._version import __version__
 
 DESCRIPTION = """\
 klime_mp command-line tools: a local Klime-compatible collector to send events to
-during development and tests, and a demo that shows every event arriving exactly once
-from a server with forked workers.
+during development and tests, a demo that shows every event arriving exactly once
+from a server with forked workers, and an importer for files of past events.
 
 Run 'klime-mp COMMAND --help' for a command's options."""
 
