@@ -441,3 +441,33 @@ def test_an_unreachable_server_stops_the_import_after_the_retries(tmp_path: Path
     assert result.returncode == 1
     assert "stopped: failed after 1 attempts" in result.stderr
     assert summary(result.stdout)["not sent"] == 150
+
+
+def test_byte_order_mark_and_crlf_line_ends_are_read(
+    tmp_path: Path, collector: CollectorProcess
+) -> None:
+    jsonl = tmp_path / "windows.jsonl"
+    jsonl.write_bytes(
+        b"\xef\xbb\xbf" + b"".join(json.dumps(track_line(i)).encode() + b"\r\n" for i in range(3))
+    )
+    csv_file = tmp_path / "windows.csv"
+    csv_file.write_bytes(
+        b"\xef\xbb\xbftype,user_id,timestamp,traits.name\r\n"
+        b"identify,usr_9,2025-03-01T08:00:00Z,Jo\r\n"
+    )
+    assert run_import(collector.url, str(jsonl)).returncode == 0
+    assert run_import(collector.url, str(csv_file)).returncode == 0
+    assert collector.stats()["stored"] == 4
+
+
+def test_a_batch_is_split_to_stay_under_10_mb(tmp_path: Path, collector: CollectorProcess) -> None:
+    # 100 events of ~150 KB: 15 MB, over the API's 10 MB per request.
+    big = "x" * 150_000
+    path = write_jsonl(
+        tmp_path / "big.jsonl", [track_line(i, properties={"b": big}) for i in range(100)]
+    )
+    result = run_import(collector.url, str(path))
+    assert result.returncode == 0, result.stderr
+    stats = collector.stats()
+    assert stats["stored"] == 100 and stats["requests"] == 2
+    assert stats["status_counts"] == {"200": 2}
