@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from klime_mp.import_lines import to_event
+from klime_mp.import_lines import jsonl_fields, to_event
 from tests.conftest import CollectorProcess
 
 pytestmark = pytest.mark.server
@@ -159,8 +160,6 @@ def test_the_same_event_gets_the_same_message_id_in_either_shape_and_in_csv() ->
         "timestamp": "2025-03-01T11:00:00.123Z",
     }
     assert to_event(api).message_id == expected
-    from klime_mp.import_lines import jsonl_fields
-
     fields = jsonl_fields(json.dumps(wire).encode())
     assert fields is not None and to_event(fields).message_id == expected
     assert to_event({**api, "properties": {"report_type": "cost"}}).message_id != expected
@@ -286,8 +285,8 @@ def test_usage_and_io_errors_exit_2(tmp_path: Path, collector: CollectorProcess)
 def test_a_sigkilled_import_rerun_stores_every_event_exactly_once(tmp_path: Path) -> None:
     total = 3000
     path = write_jsonl(tmp_path / "big.jsonl", [track_line(i) for i in range(total)])
-    # A slow server (50 ms per batch of 50): the kill lands half-way.
-    collector = CollectorProcess(tmp_path / "events.sqlite3", "--delay", "0.05")
+    # A slow server (100 ms per batch of 50, 6 s in all): the kill lands half-way.
+    collector = CollectorProcess(tmp_path / "events.sqlite3", "--delay", "0.1")
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "klime_mp", "import", "--batch-size", "50", str(path)],
@@ -393,7 +392,7 @@ def test_progress_redraws_one_line_on_a_terminal(
 
 
 def test_ctrl_c_prints_the_tally_and_exits_130(tmp_path: Path) -> None:
-    collector = CollectorProcess(tmp_path / "events.sqlite3", "--delay", "0.05")
+    collector = CollectorProcess(tmp_path / "events.sqlite3", "--delay", "0.1")
     try:
         path = write_jsonl(tmp_path / "e.jsonl", [track_line(i) for i in range(3000)])
         proc = subprocess.Popen(
@@ -431,8 +430,6 @@ def test_a_refused_write_key_stops_the_import(tmp_path: Path) -> None:
 
 
 def test_an_unreachable_server_stops_the_import_after_the_retries(tmp_path: Path) -> None:
-    import socket
-
     with socket.socket() as placeholder:  # a port nothing listens on
         placeholder.bind(("127.0.0.1", 0))
         endpoint = f"http://127.0.0.1:{placeholder.getsockname()[1]}"
