@@ -37,6 +37,14 @@ def collector(tmp_path: Path) -> Iterator[CollectorProcess]:
         proc.stop()
 
 
+@pytest.fixture(autouse=True)
+def _temporary_files_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The importer's work directory: a SIGKILLed importer leaves it behind.
+    work = tmp_path / "tmp"
+    work.mkdir()
+    monkeypatch.setenv("TMPDIR", str(work))
+
+
 def environment(endpoint: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KLIME_")}
     env["KLIME_WRITE_KEY"] = KEY
