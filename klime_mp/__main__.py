@@ -1,4 +1,4 @@
-"""``klime-mp`` / ``python -m klime_mp``: the local collector, the demo, the spool."""
+"""``klime-mp`` / ``python -m klime_mp``: the local collector, the demo, the spool, import."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from klime_mp._version import __version__
 
 DESCRIPTION = """\
 klime_mp command-line tools: a local Klime-compatible collector to send events to
-during development and tests, and a demo that shows every event arriving exactly once
-from a server with forked workers.
+during development and tests, a demo that shows every event arriving exactly once
+from a server with forked workers, and an importer for files of past events.
 
 Run 'klime-mp COMMAND --help' for a command's options."""
 
@@ -50,6 +50,17 @@ def main(argv: list[str] | None = None) -> int:
 
     spool_parser = commands.add_parser("spool", help="look into a spool directory (spool_dir)")
     spool_cli.add_arguments(spool_parser)
+
+    from klime_mp import import_cli
+
+    import_parser = commands.add_parser(
+        "import",
+        help="send a file of past events (JSON Lines or CSV), safely re-runnable",
+        description=import_cli.DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    import_cli.add_arguments(import_parser)
+    import_parser.set_defaults(run=import_cli.run)
 
     args = parser.parse_args(argv)
     return int(args.run(args))

@@ -20,6 +20,7 @@ from klime_mp import events, forksafe
 from klime_mp.forksafe import ProcessLocal
 from klime_mp.options import ErrorCallback, Options, SuccessCallback, build_options
 from klime_mp.responses import BatchResponse, EventTooLargeError, SendError
+from klime_mp.timestamps import Timestamp, to_wire
 from klime_mp.worker import OVERSIZED, Stats, Worker
 
 Properties = Optional[Mapping[str, Any]]
@@ -83,6 +84,10 @@ class KlimeClient:
         return self._options
 
     # -- fire and forget: never waits on the network ---------------------------------
+    #
+    # ``timestamp`` (keyword-only): when the event happened, for past events; a
+    # timezone-aware datetime or an ISO 8601 string with an offset. Omitted: the time of
+    # the call. ``_stamp`` is not called then, so the common path costs nothing more.
 
     def track(
         self,
@@ -90,19 +95,31 @@ class KlimeClient:
         properties: Properties = None,
         user_id: events.Id | None = None,
         group_id: events.Id | None = None,
+        *,
+        timestamp: Timestamp | None = None,
     ) -> None:
         """Queue a track event; needs ``user_id`` or ``group_id`` (or both)."""
-        self._enqueue(events.encode_track(event, properties, user_id, group_id))
+        stamp = None if timestamp is None else to_wire(timestamp)
+        self._enqueue(events.encode_track(event, properties, user_id, group_id, stamp))
 
-    def identify(self, user_id: events.Id, traits: Properties = None) -> None:
+    def identify(
+        self, user_id: events.Id, traits: Properties = None, *, timestamp: Timestamp | None = None
+    ) -> None:
         """Queue an identify event for ``user_id``."""
-        self._enqueue(events.encode_identify(user_id, traits))
+        stamp = None if timestamp is None else to_wire(timestamp)
+        self._enqueue(events.encode_identify(user_id, traits, stamp))
 
     def group(
-        self, group_id: events.Id, traits: Properties = None, user_id: events.Id | None = None
+        self,
+        group_id: events.Id,
+        traits: Properties = None,
+        user_id: events.Id | None = None,
+        *,
+        timestamp: Timestamp | None = None,
     ) -> None:
         """Queue a group event; with ``user_id`` it also links the user to the group."""
-        self._enqueue(events.encode_group(group_id, traits, user_id))
+        stamp = None if timestamp is None else to_wire(timestamp)
+        self._enqueue(events.encode_group(group_id, traits, user_id, stamp))
 
     # -- synchronous: send now, return the server's answer or raise SendError -------------
 
@@ -112,16 +129,28 @@ class KlimeClient:
         properties: Properties = None,
         user_id: events.Id | None = None,
         group_id: events.Id | None = None,
+        *,
+        timestamp: Timestamp | None = None,
     ) -> BatchResponse:
-        return self._send_now(events.build_track(event, properties, user_id, group_id))
+        stamp = None if timestamp is None else to_wire(timestamp)
+        return self._send_now(events.build_track(event, properties, user_id, group_id, stamp))
 
-    def identify_sync(self, user_id: events.Id, traits: Properties = None) -> BatchResponse:
-        return self._send_now(events.build_identify(user_id, traits))
+    def identify_sync(
+        self, user_id: events.Id, traits: Properties = None, *, timestamp: Timestamp | None = None
+    ) -> BatchResponse:
+        stamp = None if timestamp is None else to_wire(timestamp)
+        return self._send_now(events.build_identify(user_id, traits, stamp))
 
     def group_sync(
-        self, group_id: events.Id, traits: Properties = None, user_id: events.Id | None = None
+        self,
+        group_id: events.Id,
+        traits: Properties = None,
+        user_id: events.Id | None = None,
+        *,
+        timestamp: Timestamp | None = None,
     ) -> BatchResponse:
-        return self._send_now(events.build_group(group_id, traits, user_id))
+        stamp = None if timestamp is None else to_wire(timestamp)
+        return self._send_now(events.build_group(group_id, traits, user_id, stamp))
 
     # -- delivery control ---------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from typing import Any
 from klime_mp import forksafe, hosts
 from klime_mp.client import KlimeClient, Properties
 from klime_mp.events import Id
+from klime_mp.timestamps import Timestamp
 
 _default: KlimeClient | None = None
 
@@ -58,16 +59,24 @@ def track(
     properties: Properties = None,
     user_id: Id | None = None,
     group_id: Id | None = None,
+    *,
+    timestamp: Timestamp | None = None,
 ) -> None:
-    get_client().track(event, properties, user_id=user_id, group_id=group_id)
+    get_client().track(event, properties, user_id=user_id, group_id=group_id, timestamp=timestamp)
 
 
-def identify(user_id: Id, traits: Properties = None) -> None:
-    get_client().identify(user_id, traits)
+def identify(user_id: Id, traits: Properties = None, *, timestamp: Timestamp | None = None) -> None:
+    get_client().identify(user_id, traits, timestamp=timestamp)
 
 
-def group(group_id: Id, traits: Properties = None, user_id: Id | None = None) -> None:
-    get_client().group(group_id, traits, user_id=user_id)
+def group(
+    group_id: Id,
+    traits: Properties = None,
+    user_id: Id | None = None,
+    *,
+    timestamp: Timestamp | None = None,
+) -> None:
+    get_client().group(group_id, traits, user_id=user_id, timestamp=timestamp)
 
 
 def flush(timeout: float | None = None) -> bool:

@@ -117,6 +117,10 @@ def timestamp_now() -> str:
 
 
 # -- one event as a dict: the synchronous calls, and what on_error is shown -----------
+#
+# ``timestamp``, in these and the encoders below, is the wire text of an explicit event
+# time (``timestamps.to_wire``, already checked); None, the common case, is the time of
+# the call.
 
 
 def build_track(
@@ -124,21 +128,30 @@ def build_track(
     properties: Mapping[str, Any] | None,
     user_id: Id | None,
     group_id: Id | None,
+    timestamp: str | None = None,
 ) -> dict[str, Any]:
     uid, gid, props = _track_args(event, properties, user_id, group_id)
-    return _track_body(new_message_id(), timestamp_now(), event, uid, gid, props)
+    stamp = timestamp_now() if timestamp is None else timestamp
+    return _track_body(new_message_id(), stamp, event, uid, gid, props)
 
 
-def build_identify(user_id: Id, traits: Mapping[str, Any] | None) -> dict[str, Any]:
+def build_identify(
+    user_id: Id, traits: Mapping[str, Any] | None, timestamp: str | None = None
+) -> dict[str, Any]:
     uid, props = _required_id("user_id", user_id), _mapping("traits", traits)
-    return _identify_body(new_message_id(), timestamp_now(), uid, props)
+    stamp = timestamp_now() if timestamp is None else timestamp
+    return _identify_body(new_message_id(), stamp, uid, props)
 
 
 def build_group(
-    group_id: Id, traits: Mapping[str, Any] | None, user_id: Id | None
+    group_id: Id,
+    traits: Mapping[str, Any] | None,
+    user_id: Id | None,
+    timestamp: str | None = None,
 ) -> dict[str, Any]:
     gid, uid, props = _group_args(group_id, traits, user_id)
-    return _group_body(new_message_id(), timestamp_now(), gid, uid, props)
+    stamp = timestamp_now() if timestamp is None else timestamp
+    return _group_body(new_message_id(), stamp, gid, uid, props)
 
 
 def serialize(body: dict[str, Any]) -> bytes:
@@ -169,9 +182,12 @@ def encode_track(
     properties: Mapping[str, Any] | None,
     user_id: Id | None,
     group_id: Id | None,
+    timestamp: str | None = None,
 ) -> bytes:
     uid, gid, props = _track_args(event, properties, user_id, group_id)
-    message_id, timestamp = new_message_id(), timestamp_now()
+    message_id = new_message_id()
+    if timestamp is None:
+        timestamp = timestamp_now()
     head = f'{{"type":"track","messageId":"{message_id}","timestamp":"{timestamp}","event":'
     head += _quote(event)
     if uid is not None:
@@ -185,9 +201,13 @@ def encode_track(
         raise _diagnose(body, exc) from None
 
 
-def encode_identify(user_id: Id, traits: Mapping[str, Any] | None) -> bytes:
+def encode_identify(
+    user_id: Id, traits: Mapping[str, Any] | None, timestamp: str | None = None
+) -> bytes:
     uid, props = _required_id("user_id", user_id), _mapping("traits", traits)
-    message_id, timestamp = new_message_id(), timestamp_now()
+    message_id = new_message_id()
+    if timestamp is None:
+        timestamp = timestamp_now()
     head = f'{{"type":"identify","messageId":"{message_id}","timestamp":"{timestamp}","userId":'
     try:
         return _splice(head + _quote(uid) + ',"traits":', props)
@@ -195,9 +215,16 @@ def encode_identify(user_id: Id, traits: Mapping[str, Any] | None) -> bytes:
         raise _diagnose(_identify_body(message_id, timestamp, uid, props), exc) from None
 
 
-def encode_group(group_id: Id, traits: Mapping[str, Any] | None, user_id: Id | None) -> bytes:
+def encode_group(
+    group_id: Id,
+    traits: Mapping[str, Any] | None,
+    user_id: Id | None,
+    timestamp: str | None = None,
+) -> bytes:
     gid, uid, props = _group_args(group_id, traits, user_id)
-    message_id, timestamp = new_message_id(), timestamp_now()
+    message_id = new_message_id()
+    if timestamp is None:
+        timestamp = timestamp_now()
     head = f'{{"type":"group","messageId":"{message_id}","timestamp":"{timestamp}"'
     if uid is not None:
         head += ',"userId":' + _quote(uid)
