@@ -172,3 +172,14 @@ def test_demo_kills_a_worker_with_sigkill_and_still_loses_nothing() -> None:
     assert "kill -9 worker" in out  # by default, half-way through the load
     assert "requests sent     120 (120 ok, 0 failed)" in out
     assert "events lost       0" in out and "duplicates        0" in out
+
+
+def test_only_a_killed_workers_in_flight_batch_may_come_twice() -> None:
+    from klime_mp.demo.report import Outcome
+
+    # expected, delivered, duplicated, failed requests, allowed duplicates
+    assert Outcome("s", 48, 48, 0, 0).ok
+    assert not Outcome("s", 48, 48, 1, 0).ok  # no kill: a duplicate is a failure
+    assert Outcome("s", 48, 48, 20, 0, allowed_duplicates=100).ok  # the killed one's batch
+    assert not Outcome("s", 48, 48, 101, 0, allowed_duplicates=100).ok
+    assert not Outcome("s", 48, 47, 0, 0, allowed_duplicates=100).ok  # a loss never is

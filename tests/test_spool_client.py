@@ -327,3 +327,36 @@ def test_spool_drain_sends_what_dead_processes_left_and_says_so(
     assert drained.returncode == 0, drained.stdout + drained.stderr
     assert "sent 120 events left by dead processes; 0 logs still waiting" in drained.stdout
     assert collector_process.stats()["stored"] == 120
+
+
+@pytest.mark.timeout(120)
+def test_a_thirty_second_outage_at_40_events_a_second_loses_nothing_with_a_spool(
+    tmp_path: Path, collector: Collector
+) -> None:
+    # Without a spool the batch being probed when its attempts run out is lost
+    # (tests/test_outage.py); with one, everything waits on disk and arrives after.
+    errors: list[BaseException] = []
+    client = KlimeClient(
+        KEY, collector.url, spool_dir=tmp_path / "spool", on_error=lambda e, _: errors.append(e)
+    )
+    tracked = 0
+
+    def track_for(seconds: float) -> None:
+        nonlocal tracked
+        start = time.monotonic()
+        while (elapsed := time.monotonic() - start) < seconds:
+            while tracked < 40 * elapsed:
+                client.track("Steady", {"n": tracked}, user_id="u")
+                tracked += 1
+            time.sleep(0.005)  # pacing the load, not synchronisation
+
+    track_for(2)
+    collector.faults = FaultPlan(error_rate=1.0)  # 503s for 30 s
+    track_for(30)
+    collector.faults = FaultPlan()
+    track_for(2)
+    assert collector.wait_for(tracked, timeout=40)  # the backoff is capped at 16 s
+    assert client.flush(10) is True
+    client.shutdown()
+    assert client.stats().dropped == {} and errors == []
+    assert collector.stats().stored == tracked

@@ -108,9 +108,10 @@ def _run_one(
             workers = server.wait_for_workers(args.workers)
             print(f"  serving the example app at {server.url}; sending {total} requests")
             progress = Progress(total)
+            killed = None
             if args.kill and total >= 2:
                 first = drive(server.url, total // 2, args.concurrency, progress)
-                _kill_a_worker(first)
+                killed = _kill_a_worker(first)
                 rest = drive(
                     server.url,
                     total - total // 2,
@@ -127,26 +128,27 @@ def _run_one(
         if status != 0:
             print(f"  warning: the server exited with status {status}", file=sys.stderr)
         got = tally(collector, load.events_expected)
-        report(load, got, time.monotonic() - started, sys.stdout, workers, name)
+        report(load, got, time.monotonic() - started, sys.stdout, workers, name, killed)
         if keep:
             _serve_until_interrupted(collector)
-    return outcome_of(name, load, got)
+    return outcome_of(name, load, got, killed)
 
 
-def _kill_a_worker(load: LoadResult) -> None:
+def _kill_a_worker(load: LoadResult) -> int | None:
     """SIGKILL the busiest worker so far, as the OOM killer would: what it had queued
     and not sent is on disk, and a sibling (or its replacement) sends it."""
     if not load.requests_by_pid:
-        return
+        return None
     victim = load.requests_by_pid.most_common(1)[0][0]
     try:
         os.kill(victim, signal.SIGKILL)
     except OSError:
-        return
+        return None
     print(
         f"  kill -9 worker {victim} after {load.ok} requests: its queued events are in the "
         "spool, and a sibling sends them"
     )
+    return victim
 
 
 def _serve_until_interrupted(collector: Collector) -> None:
