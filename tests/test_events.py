@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from klime_mp import KlimeClient, __version__, events
-from klime_mp.events import MAX_EVENT_BYTES
+
+EVENT_LIMIT_BYTES = 200 * 1024  # the API's limit, written here, not read from events.py
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -202,7 +203,7 @@ def test_each_event_is_encoded_exactly_once(monkeypatch: pytest.MonkeyPatch) -> 
 def test_oversized_event_is_dropped_counted_and_reported_not_raised() -> None:
     reported: list[tuple[BaseException, list[dict[str, Any]]]] = []
     client = KlimeClient("key", send=False, on_error=lambda e, evs: reported.append((e, evs)))
-    client.track("Big", {"blob": "x" * MAX_EVENT_BYTES}, user_id="u")
+    client.track("Big", {"blob": "x" * EVENT_LIMIT_BYTES}, user_id="u")
     assert client.stats().dropped == {"oversized": 1}
     assert client.stats().enqueued == 0
     ((error, dropped),) = reported
@@ -213,7 +214,7 @@ def test_oversized_event_is_dropped_counted_and_reported_not_raised() -> None:
 def test_oversized_sync_event_raises_value_error() -> None:
     client = KlimeClient("key", send=False)
     with pytest.raises(ValueError, match="bytes serialized; the Klime API accepts at most"):
-        client.track_sync("Big", {"blob": "x" * MAX_EVENT_BYTES}, user_id="u")
+        client.track_sync("Big", {"blob": "x" * EVENT_LIMIT_BYTES}, user_id="u")
 
 
 def test_message_ids_are_rfc_4122_version_4() -> None:
@@ -259,6 +260,6 @@ def test_a_raising_on_error_for_an_oversized_event_never_reaches_the_caller(
         raise RuntimeError("boom")
 
     client = KlimeClient("key", send=False, on_error=explode)
-    client.track("Big", {"blob": "x" * MAX_EVENT_BYTES}, user_id="u")  # must not raise
+    client.track("Big", {"blob": "x" * EVENT_LIMIT_BYTES}, user_id="u")  # must not raise
     assert client.stats().dropped == {"oversized": 1}
     assert any("on_error callback raised" in r.getMessage() for r in caplog.records)
