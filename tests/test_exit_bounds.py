@@ -188,7 +188,8 @@ POOL_SCRIPT = """
 import json, multiprocessing, os, sys, time
 from klime_mp import KlimeClient
 
-url, done_log, clients, timeout = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+kind, url, done_log = sys.argv[1], sys.argv[2], sys.argv[3]
+clients, timeout = int(sys.argv[4]), float(sys.argv[5])
 KEEP = []
 
 def report_done(n):
@@ -197,28 +198,42 @@ def report_done(n):
             f.write(f"{{n}}\\n")
     return on_success
 
-def task():
+def task(tracked=None):
     for n in range(clients):
         client = KlimeClient("key", endpoint=url, flush_interval=60_000,
                              retry_max_attempts=1, timeout=60, shutdown_timeout=timeout,
                              on_success=report_done(n))
         client.track("Queued", {{"client": n}}, user_id="u")
         KEEP.append(client)
+    if tracked is not None:  # a busy process: SIGTERM finds it in the middle of work
+        tracked.set()
+        time.sleep(120)
     return os.getpid()
 
 if __name__ == "__main__":
-    with multiprocessing.get_context("fork").Pool(1) as pool:
-        assert pool.apply(task) != os.getpid()
+    ctx = multiprocessing.get_context("fork")
+    if kind == "pool":
+        with ctx.Pool(1) as pool:
+            assert pool.apply(task) != os.getpid()
+            started = time.monotonic()
+        # Pool.__exit__ -> terminate(): SIGTERM to the idle worker, then join it.
+    else:
+        tracked = ctx.Event()
+        process = ctx.Process(target=task, args=(tracked,))
+        process.start()
+        assert tracked.wait(60)
         started = time.monotonic()
-    # Pool.__exit__ -> terminate(): SIGTERM to the idle worker, then join it.
+        process.terminate()
+        process.join(90)
+        assert process.exitcode == -15, process.exitcode  # died of SIGTERM, after its flush
     print(json.dumps({{"took": time.monotonic() - started}}))
 """
 
 
-def run_pool(tmp_path: Path, url: str, clients: int, shutdown_timeout: float) -> float:
+def run_pool(tmp_path: Path, kind: str, url: str, clients: int, shutdown_timeout: float) -> float:
     script = tmp_path / "pool_sigterm.py"
     script.write_text(POOL_SCRIPT.format())
-    argv = [str(script), url, str(tmp_path / "done"), str(clients), str(shutdown_timeout)]
+    argv = [str(script), kind, url, str(tmp_path / "done"), str(clients), str(shutdown_timeout)]
     result = subprocess.run(
         [sys.executable, *argv],
         capture_output=True,
@@ -236,19 +251,20 @@ def test_sigterm_flush_of_a_pool_worker_is_bounded_by_the_sum_of_shutdown_timeou
 ) -> None:
     # Two clients of 1.5 s each: the worker must be gone within 2 * 1.5 + 0.5 = 3.5 s
     # (plus scheduling slack), although each client would wait 60 s for an answer.
-    took = run_pool(tmp_path, blackhole, clients=2, shutdown_timeout=1.5)
+    took = run_pool(tmp_path, "pool", blackhole, clients=2, shutdown_timeout=1.5)
     assert took <= 3.5 + 5.0, took
 
 
 @pytest.mark.fork
 def test_sigterm_flush_gives_every_client_its_own_shutdown_timeout(tmp_path: Path) -> None:
-    # Three clients, each answered after 1.2 s: 3.6 s in all. The wait is the sum of
-    # their shutdown_timeouts (3 * 2.5 + 0.5 = 8 s), not one of them (3 s), so the
-    # third client's events arrive too.
+    # Process.terminate() on a busy process, so the SIGTERM handler flushes (a pool's
+    # idle worker may leave through its exit finalizer instead). Three clients, each
+    # answered after 1.2 s: 3.6 s in all. The wait is the sum of their shutdown_timeouts
+    # (3 * 2.5 + 0.5 = 8 s), not one of them (3 s), so the third client's events arrive.
     server = ScriptedServer().start()
     try:
         server.then(*[Reply(delay=1.2, body=b'{"status":"ok","accepted":1,"failed":0}')] * 3)
-        run_pool(tmp_path, server.url, clients=3, shutdown_timeout=2.5)
+        run_pool(tmp_path, "process", server.url, clients=3, shutdown_timeout=2.5)
         done = sorted((tmp_path / "done").read_text().split())
         assert done == ["0", "1", "2"]
         assert len(server.received) == 3
