@@ -44,6 +44,57 @@ def test_track_has_the_official_keys_and_omits_unset_ones() -> None:
     assert event["context"] == {"library": {"name": "klime_mp", "version": __version__}}
 
 
+def test_identify_has_the_official_keys_and_values() -> None:
+    event = encoded(events.build_identify("usr_1", {"email": "jane@acme.com"}))
+    assert list(event) == ["type", "messageId", "timestamp", "userId", "traits", "context"]
+    assert (event["type"], event["userId"], event["traits"]) == (
+        "identify",
+        "usr_1",
+        {"email": "jane@acme.com"},
+    )
+    assert uuid.UUID(event["messageId"]).version == 4
+    assert TIMESTAMP.match(event["timestamp"])
+    assert event["context"] == {"library": {"name": "klime_mp", "version": __version__}}
+
+
+@pytest.mark.parametrize("user_id", [None, "usr_1"])
+def test_group_has_the_official_keys_and_values(user_id: str | None) -> None:
+    event = encoded(events.build_group("org_1", {"plan": "enterprise"}, user_id))
+    linked = ["userId"] if user_id else []  # the official SDK: userId before groupId
+    keys = ["type", "messageId", "timestamp", *linked, "groupId", "traits", "context"]
+    assert list(event) == keys
+    assert (event["type"], event["groupId"], event["traits"]) == (
+        "group",
+        "org_1",
+        {"plan": "enterprise"},
+    )
+    assert event.get("userId") == user_id
+    assert uuid.UUID(event["messageId"]).version == 4
+    assert TIMESTAMP.match(event["timestamp"])
+    assert event["context"] == {"library": {"name": "klime_mp", "version": __version__}}
+
+
+def test_group_traits_that_are_not_a_mapping_are_named() -> None:
+    with pytest.raises(TypeError, match=r"^traits must be a mapping"):
+        events.build_group("org_1", ["vip"], None)  # type: ignore[arg-type]
+
+
+def test_the_pure_python_encoder_writes_the_same_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Interpreters without json's C accelerator (PyPy) take the fallback path.
+    value = {
+        "é": [1, 2.5, None, True],
+        "when": dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc),
+        "d": decimal.Decimal("1.5"),
+    }
+    expected = '{"é":[1,2.5,null,true],"when":"2026-01-02T03:04:05.000Z","d":1.5}'
+    assert events._encode(value) == expected
+    monkeypatch.setattr(json.encoder, "c_make_encoder", None)
+    fallback = events._make_encoder()
+    assert fallback(value) == expected
+    with pytest.raises(ValueError):
+        fallback({"x": float("nan")})
+
+
 def test_group_only_track_is_an_organisation_event() -> None:
     event = encoded(events.build_track("Events Received", None, None, "org_1"))
     assert event["groupId"] == "org_1" and "userId" not in event

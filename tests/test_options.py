@@ -115,3 +115,35 @@ def test_plain_http_to_another_machine_is_warned_about(
     messages = [r.getMessage() for r in caplog.records]
     assert any("plain http" in m for m in messages) == warned
     assert not any("sk_secret" in m for m in messages)
+
+
+@pytest.mark.parametrize("key", ["!", "~", "sk_live_!~09AZaz"])
+def test_write_key_of_printable_ascii_is_accepted(key: str) -> None:
+    assert make(write_key=key).options.write_key == key
+
+
+@pytest.mark.parametrize("key", ["sk live", "sk_live\n", "sk_\x7f", "sk_é"])
+def test_write_key_that_cannot_go_into_a_header_is_refused_without_quoting_it(key: str) -> None:
+    with pytest.raises(ValueError) as raised:
+        make(write_key=key)
+    assert str(raised.value) == (
+        "write_key must be printable ASCII without spaces (a trailing newline from a file "
+        "or variable?)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("write_key", 42, "write_key must be a string, got int"),
+        ("flush_on_shutdown", "yes", "flush_on_shutdown must be a bool, got str"),
+        ("on_error", "print", "on_error must be callable, got str"),
+        ("write_key", "  ", "write_key must not be empty"),
+    ],
+)
+def test_misuse_messages_name_the_option_and_the_type_given(
+    option: str, value: Any, message: str
+) -> None:
+    with pytest.raises((TypeError, ValueError)) as raised:
+        make(**{option: value})
+    assert str(raised.value) == message
