@@ -314,3 +314,25 @@ def test_a_raising_on_error_for_an_oversized_event_never_reaches_the_caller(
     client.track("Big", {"blob": "x" * EVENT_LIMIT_BYTES}, user_id="u")  # must not raise
     assert client.stats().dropped == {"oversized": 1}
     assert any("on_error callback raised" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("wrap", [lambda v: [v], lambda v: (v,), lambda v: {"x": v}])
+def test_the_64_level_limit_counts_lists_and_tuples_like_mappings(wrap: Any) -> None:
+    value: Any = 1
+    for _ in range(63):  # properties itself is level 1: 64 in all
+        value = wrap(value)
+    encoded(events.build_track("A", {"x": value}, "u", None))
+    with pytest.raises(ValueError, match="nested more than 64 levels deep"):
+        events.serialize(events.build_track("A", {"x": wrap(value)}, "u", None))
+
+
+def test_milliseconds_are_truncated_not_rounded() -> None:
+    when = dt.datetime(2026, 1, 2, 3, 4, 5, 999_999, tzinfo=dt.timezone.utc)
+    assert events.format_datetime(when) == "2026-01-02T03:04:05.999Z"
+    when = when.replace(microsecond=1_000)
+    assert events.format_datetime(when) == "2026-01-02T03:04:05.001Z"
+
+
+def test_a_lone_surrogate_in_a_key_names_the_path() -> None:
+    with pytest.raises(ValueError, match=r"properties\.a contains a lone surrogate"):
+        events.serialize(events.build_track("A", {"a": {"\udc80": 1}}, "u", None))
