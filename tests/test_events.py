@@ -88,6 +88,13 @@ def test_the_pure_python_encoder_writes_the_same_bytes(monkeypatch: pytest.Monke
     }
     expected = '{"é":[1,2.5,null,true],"when":"2026-01-02T03:04:05.000Z","d":1.5}'
     assert events._encode(value) == expected
+    built = events._make_encoder()  # the C path, built again (the module's is built at import)
+    assert built(value) == expected
+    assert built({"b": 1, "a": 2}) == '{"b":1,"a":2}'  # call order kept, not sorted
+    with pytest.raises(ValueError):
+        built({"x": float("nan")})
+    with pytest.raises(TypeError):
+        built({(1, 2): "x"})  # keys are never skipped silently
     monkeypatch.setattr(json.encoder, "c_make_encoder", None)
     fallback = events._make_encoder()
     assert fallback(value) == expected
