@@ -343,3 +343,36 @@ def test_milliseconds_are_truncated_not_rounded() -> None:
 def test_a_lone_surrogate_in_a_key_names_the_path() -> None:
     with pytest.raises(ValueError, match=r"properties\.a contains a lone surrogate"):
         events.serialize(events.build_track("A", {"a": {"\udc80": 1}}, "u", None))
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: events.build_track("\udc80", None, "u", None), "event contains a lone surrogate"),
+        (lambda: events.build_track("A", None, "\udc80", None), "user_id contains a lone"),
+        (lambda: events.build_track("A", None, None, "\udc80"), "group_id contains a lone"),
+        (lambda: events.build_identify("u", {"t": "\udc80"}), "traits.t contains a lone"),
+        (
+            lambda: events.build_track("A", {"d": decimal.Decimal("Infinity")}, "u", None),
+            "properties.d: Decimal cannot be sent as JSON (non-finite Decimal)",
+        ),
+        (
+            lambda: events.build_track("A", {"s": {1: {2: float("nan")}}}, "u", None),
+            "properties.s.1.2 is nan: not valid JSON",
+        ),
+        (
+            lambda: events.build_track("A", {"n": [None, True, 10**5000]}, "u", None),
+            "properties.n[2] is an int too large to encode",
+        ),
+    ],
+)
+def test_the_refusal_names_the_argument_or_key_path_exactly(build: Any, message: str) -> None:
+    with pytest.raises(ValueError) as raised:
+        events.serialize(build())
+    assert str(raised.value).startswith(message)
+
+
+def test_an_anonymous_track_says_why() -> None:
+    with pytest.raises(ValueError) as raised:
+        events.build_track("A", None, None, None)
+    assert str(raised.value) == "track() needs user_id or group_id: Klime has no anonymous events"
