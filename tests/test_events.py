@@ -376,3 +376,59 @@ def test_an_anonymous_track_says_why() -> None:
     with pytest.raises(ValueError) as raised:
         events.build_track("A", None, None, None)
     assert str(raised.value) == "track() needs user_id or group_id: Klime has no anonymous events"
+
+
+SHARED = [1]  # one list referenced twice: shared, not a cycle
+
+
+@pytest.mark.parametrize(
+    ("build", "error", "message"),
+    [
+        (
+            lambda: events.build_track("A", {"a": SHARED, "b": SHARED, "c": object()}, "u", None),
+            TypeError,
+            "properties.c: object cannot be sent as JSON (object is not JSON serializable)",
+        ),
+        (
+            lambda: events.build_track("A", {"s": frozenset({float("nan")})}, "u", None),
+            ValueError,
+            "properties.s[0] is nan: not valid JSON",
+        ),
+        (
+            lambda: events.build_track(5, None, "u", None),
+            TypeError,
+            "event must be a non-empty string, got int",
+        ),
+        (
+            lambda: events.build_track("", None, "u", None),
+            ValueError,
+            "event must be a non-empty string",
+        ),
+        (
+            lambda: events.build_track("A", None, b"u", None),
+            TypeError,
+            "user_id must be a string or int, got bytes",
+        ),
+        (
+            lambda: events.build_track("A", "x", "u", None),
+            TypeError,
+            "properties must be a mapping (dict) or None, got str",
+        ),
+        (
+            lambda: events.build_track("A", None, 10**5000, None),
+            ValueError,
+            "user_id is an int too large to send as text",
+        ),
+    ],
+)
+def test_misuse_messages_are_exact(build: Any, error: type[Exception], message: str) -> None:
+    with pytest.raises(error) as raised:
+        events.serialize(build())
+    assert str(raised.value) == message
+
+
+def test_a_mapping_that_is_not_a_dict_is_sent_as_an_object() -> None:
+    import types
+
+    properties = {"m": types.MappingProxyType({"a": 1})}
+    assert encoded(events.build_track("A", properties, "u", None))["properties"] == {"m": {"a": 1}}
