@@ -432,3 +432,8 @@ def test_a_mapping_that_is_not_a_dict_is_sent_as_an_object() -> None:
 
     properties = {"m": types.MappingProxyType({"a": 1})}
     assert encoded(events.build_track("A", properties, "u", None))["properties"] == {"m": {"a": 1}}
+
+
+def test_a_set_of_mixed_types_is_sent_as_a_list_in_any_order() -> None:
+    sent = encoded(events.build_track("A", {"mixed": {1, "a"}}, "u", None))["properties"]
+    assert sorted(sent["mixed"], key=str) == [1, "a"]
