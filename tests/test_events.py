@@ -415,6 +415,11 @@ SHARED = [1]  # one list referenced twice: shared, not a cycle
             "properties must be a mapping (dict) or None, got str",
         ),
         (
+            lambda: events.build_identify(b"u", None),  # a required id
+            TypeError,
+            "user_id must be a string or int, got bytes",
+        ),
+        (
             lambda: events.build_track("A", None, 10**5000, None),
             ValueError,
             "user_id is an int too large to send as text",
