@@ -92,7 +92,9 @@ def test_track_never_waits_on_the_network(server: ScriptedServer) -> None:
     started = time.monotonic()
     for _ in range(200):  # every call fills a batch; the sender is stuck in a slow reply
         client.track("A", user_id="u")
-    assert time.monotonic() - started < 1.0
+    # Blocking on the network would cost 3 s (the reply's delay); 200 appends take
+    # milliseconds. The bound is generous for a loaded machine and still below 3 s.
+    assert time.monotonic() - started < 2.5
     client.shutdown()
 
 

@@ -24,12 +24,16 @@ from typing import Any, Callable
 import pytest
 
 from klime_mp.collector import Collector, CollectorStats, FaultPlan
-from klime_mp.collector.validation import MAX_EVENT_BYTES, is_timestamp
+from klime_mp.collector.validation import is_timestamp
 
 pytestmark = pytest.mark.timeout(60)
 
 KEY = "test-key"
 TIMEOUT = 5.0
+# The API's limits, written here: a test that read them from the collector would pass
+# whatever the collector said.
+EVENT_LIMIT_BYTES = 200 * 1024
+BODY_LIMIT_BYTES = 10 * 1024 * 1024
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 Response = tuple[int, http.client.HTTPMessage, bytes]
@@ -191,7 +195,7 @@ INVALID_EVENTS = [
     ("traits_not_object", lambda e: _with(traits="vip")(identify()), "invalid_traits"),
     (
         "too_large",
-        _with(properties={"blob": "x" * (MAX_EVENT_BYTES + 1)}),
+        _with(properties={"blob": "x" * (EVENT_LIMIT_BYTES + 1)}),
         "event_too_large",
     ),
 ]
@@ -228,9 +232,9 @@ def test_event_with_unpaired_surrogate_is_rejected_not_stored(collector: Collect
     status, reply = post_json(collector, body)
 
     assert status == 200
-    assert reply["errors"] == [
-        {"index": 1, "code": "invalid_encoding", "message": reply["errors"][0]["message"]}
-    ]
+    (error,) = reply["errors"]
+    assert (error["index"], error["code"]) == (1, "invalid_encoding")
+    assert "Unicode" in error["message"]
     assert collector.message_ids() == [good["messageId"]]
 
 
@@ -251,11 +255,23 @@ def test_number_beyond_a_double_is_rejected_not_stored_as_infinity(
 def test_event_just_under_the_size_limit_is_accepted(collector: Collector) -> None:
     event = track(properties={"blob": ""})
     overhead = len(json.dumps(event, separators=(",", ":")).encode())
-    event["properties"]["blob"] = "x" * (MAX_EVENT_BYTES - overhead)
+    event["properties"]["blob"] = "x" * (EVENT_LIMIT_BYTES - overhead)
 
     status, reply = post_json(collector, batch_body(event))
 
     assert (status, reply["accepted"]) == (200, 1)
+
+
+def test_event_one_byte_over_the_size_limit_is_rejected(collector: Collector) -> None:
+    event = track(properties={"blob": ""})
+    overhead = len(json.dumps(event, separators=(",", ":")).encode())
+    event["properties"]["blob"] = "x" * (EVENT_LIMIT_BYTES + 1 - overhead)
+
+    status, reply = post_json(collector, batch_body(event))
+
+    assert (status, reply["accepted"], reply["failed"]) == (200, 0, 1)
+    assert reply["errors"][0]["code"] == "event_too_large"
+    assert "204801" in reply["errors"][0]["message"]
 
 
 @pytest.mark.parametrize(
@@ -387,10 +403,19 @@ def test_exactly_100_events_are_accepted(collector: Collector) -> None:
     assert (status, reply["accepted"]) == (200, 100)
 
 
+def test_body_of_exactly_10_mb_is_read(collector: Collector) -> None:
+    body = batch_body(track())
+    body += b" " * (BODY_LIMIT_BYTES - len(body))  # JSON allows trailing whitespace
+
+    status, reply = post_json(collector, body)
+
+    assert (status, reply["accepted"]) == (200, 1)
+
+
 def test_oversized_body_is_refused_before_it_is_sent(collector: Collector) -> None:
     head = (
         b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\n"
-        b"Content-Type: application/json\r\nContent-Length: 10485761\r\n\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (BODY_LIMIT_BYTES + 1)
     )
     started = time.monotonic()
 
@@ -552,7 +577,7 @@ def test_wait_for_returns_when_events_arrive(collector: Collector) -> None:
         sender.join()
     started = time.monotonic()
     assert not collector.wait_for(3, timeout=0.2)
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < TIMEOUT
 
 
 def test_reset_stats_keeps_the_stored_count(collector: Collector) -> None:
@@ -572,7 +597,7 @@ def test_stop_cuts_idle_keep_alive_connections_promptly(collector: Collector) ->
     collector.stop()
     collector.stop()  # idempotent
 
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < TIMEOUT
     with pytest.raises(RuntimeError):
         collector.events()
     assert collector.stats().requests == 0  # counters stay readable

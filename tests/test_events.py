@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from klime_mp import KlimeClient, __version__, events
-from klime_mp.events import MAX_EVENT_BYTES
+
+EVENT_LIMIT_BYTES = 200 * 1024  # the API's limit, written here, not read from events.py
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -41,6 +42,64 @@ def test_track_has_the_official_keys_and_omits_unset_ones() -> None:
     assert uuid.UUID(event["messageId"]).version == 4
     assert TIMESTAMP.match(event["timestamp"])
     assert event["context"] == {"library": {"name": "klime_mp", "version": __version__}}
+
+
+def test_identify_has_the_official_keys_and_values() -> None:
+    event = encoded(events.build_identify("usr_1", {"email": "jane@acme.com"}))
+    assert list(event) == ["type", "messageId", "timestamp", "userId", "traits", "context"]
+    assert (event["type"], event["userId"], event["traits"]) == (
+        "identify",
+        "usr_1",
+        {"email": "jane@acme.com"},
+    )
+    assert uuid.UUID(event["messageId"]).version == 4
+    assert TIMESTAMP.match(event["timestamp"])
+    assert event["context"] == {"library": {"name": "klime_mp", "version": __version__}}
+
+
+@pytest.mark.parametrize("user_id", [None, "usr_1"])
+def test_group_has_the_official_keys_and_values(user_id: str | None) -> None:
+    event = encoded(events.build_group("org_1", {"plan": "enterprise"}, user_id))
+    linked = ["userId"] if user_id else []  # the official SDK: userId before groupId
+    keys = ["type", "messageId", "timestamp", *linked, "groupId", "traits", "context"]
+    assert list(event) == keys
+    assert (event["type"], event["groupId"], event["traits"]) == (
+        "group",
+        "org_1",
+        {"plan": "enterprise"},
+    )
+    assert event.get("userId") == user_id
+    assert uuid.UUID(event["messageId"]).version == 4
+    assert TIMESTAMP.match(event["timestamp"])
+    assert event["context"] == {"library": {"name": "klime_mp", "version": __version__}}
+
+
+def test_group_traits_that_are_not_a_mapping_are_named() -> None:
+    with pytest.raises(TypeError, match=r"^traits must be a mapping"):
+        events.build_group("org_1", ["vip"], None)  # type: ignore[arg-type]
+
+
+def test_the_pure_python_encoder_writes_the_same_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Interpreters without json's C accelerator (PyPy) take the fallback path.
+    value = {
+        "é": [1, 2.5, None, True],
+        "when": dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc),
+        "d": decimal.Decimal("1.5"),
+    }
+    expected = '{"é":[1,2.5,null,true],"when":"2026-01-02T03:04:05.000Z","d":1.5}'
+    assert events._encode(value) == expected
+    built = events._make_encoder()  # the C path, built again (the module's is built at import)
+    assert built(value) == expected
+    assert built({"b": 1, "a": 2}) == '{"b":1,"a":2}'  # call order kept, not sorted
+    with pytest.raises(ValueError):
+        built({"x": float("nan")})
+    with pytest.raises(TypeError):
+        built({(1, 2): "x"})  # keys are never skipped silently
+    monkeypatch.setattr(json.encoder, "c_make_encoder", None)
+    fallback = events._make_encoder()
+    assert fallback(value) == expected
+    with pytest.raises(ValueError):
+        fallback({"x": float("nan")})
 
 
 def test_group_only_track_is_an_organisation_event() -> None:
@@ -202,7 +261,7 @@ def test_each_event_is_encoded_exactly_once(monkeypatch: pytest.MonkeyPatch) -> 
 def test_oversized_event_is_dropped_counted_and_reported_not_raised() -> None:
     reported: list[tuple[BaseException, list[dict[str, Any]]]] = []
     client = KlimeClient("key", send=False, on_error=lambda e, evs: reported.append((e, evs)))
-    client.track("Big", {"blob": "x" * MAX_EVENT_BYTES}, user_id="u")
+    client.track("Big", {"blob": "x" * EVENT_LIMIT_BYTES}, user_id="u")
     assert client.stats().dropped == {"oversized": 1}
     assert client.stats().enqueued == 0
     ((error, dropped),) = reported
@@ -213,7 +272,7 @@ def test_oversized_event_is_dropped_counted_and_reported_not_raised() -> None:
 def test_oversized_sync_event_raises_value_error() -> None:
     client = KlimeClient("key", send=False)
     with pytest.raises(ValueError, match="bytes serialized; the Klime API accepts at most"):
-        client.track_sync("Big", {"blob": "x" * MAX_EVENT_BYTES}, user_id="u")
+        client.track_sync("Big", {"blob": "x" * EVENT_LIMIT_BYTES}, user_id="u")
 
 
 def test_message_ids_are_rfc_4122_version_4() -> None:
@@ -259,7 +318,7 @@ def test_a_raising_on_error_for_an_oversized_event_never_reaches_the_caller(
         raise RuntimeError("boom")
 
     client = KlimeClient("key", send=False, on_error=explode)
-    client.track("Big", {"blob": "x" * MAX_EVENT_BYTES}, user_id="u")  # must not raise
+    client.track("Big", {"blob": "x" * EVENT_LIMIT_BYTES}, user_id="u")  # must not raise
     assert client.stats().dropped == {"oversized": 1}
     assert any("on_error callback raised" in r.getMessage() for r in caplog.records)
 
@@ -353,3 +412,124 @@ def test_timestamps_have_the_milliseconds_of_the_clock(monkeypatch: pytest.Monke
     ]:
         monkeypatch.setattr(events.time, "time", lambda now=now: now)
         assert events.timestamp_now() == expected
+
+
+@pytest.mark.parametrize("wrap", [lambda v: [v], lambda v: (v,), lambda v: {"x": v}])
+def test_the_64_level_limit_counts_lists_and_tuples_like_mappings(wrap: Any) -> None:
+    value: Any = 1
+    for _ in range(63):  # properties itself is level 1: 64 in all
+        value = wrap(value)
+    encoded(events.build_track("A", {"x": value}, "u", None))
+    with pytest.raises(ValueError, match="nested more than 64 levels deep"):
+        events.serialize(events.build_track("A", {"x": wrap(value)}, "u", None))
+
+
+def test_milliseconds_are_truncated_not_rounded() -> None:
+    when = dt.datetime(2026, 1, 2, 3, 4, 5, 999_999, tzinfo=dt.timezone.utc)
+    assert events.format_datetime(when) == "2026-01-02T03:04:05.999Z"
+    when = when.replace(microsecond=1_000)
+    assert events.format_datetime(when) == "2026-01-02T03:04:05.001Z"
+
+
+def test_a_lone_surrogate_in_a_key_names_the_path() -> None:
+    with pytest.raises(ValueError, match=r"properties\.a contains a lone surrogate"):
+        events.serialize(events.build_track("A", {"a": {"\udc80": 1}}, "u", None))
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: events.build_track("\udc80", None, "u", None), "event contains a lone surrogate"),
+        (lambda: events.build_track("A", None, "\udc80", None), "user_id contains a lone"),
+        (lambda: events.build_track("A", None, None, "\udc80"), "group_id contains a lone"),
+        (lambda: events.build_identify("u", {"t": "\udc80"}), "traits.t contains a lone"),
+        (
+            lambda: events.build_track("A", {"d": decimal.Decimal("Infinity")}, "u", None),
+            "properties.d: Decimal cannot be sent as JSON (non-finite Decimal)",
+        ),
+        (
+            lambda: events.build_track("A", {"s": {1: {2: float("nan")}}}, "u", None),
+            "properties.s.1.2 is nan: not valid JSON",
+        ),
+        (
+            lambda: events.build_track("A", {"n": [None, True, 10**5000]}, "u", None),
+            "properties.n[2] is an int too large to encode",
+        ),
+    ],
+)
+def test_the_refusal_names_the_argument_or_key_path_exactly(build: Any, message: str) -> None:
+    with pytest.raises(ValueError) as raised:
+        events.serialize(build())
+    assert str(raised.value).startswith(message)
+
+
+def test_an_anonymous_track_says_why() -> None:
+    with pytest.raises(ValueError) as raised:
+        events.build_track("A", None, None, None)
+    assert str(raised.value) == "track() needs user_id or group_id: Klime has no anonymous events"
+
+
+SHARED = [1]  # one list referenced twice: shared, not a cycle
+
+
+@pytest.mark.parametrize(
+    ("build", "error", "message"),
+    [
+        (
+            lambda: events.build_track("A", {"a": SHARED, "b": SHARED, "c": object()}, "u", None),
+            TypeError,
+            "properties.c: object cannot be sent as JSON (object is not JSON serializable)",
+        ),
+        (
+            lambda: events.build_track("A", {"s": frozenset({float("nan")})}, "u", None),
+            ValueError,
+            "properties.s[0] is nan: not valid JSON",
+        ),
+        (
+            lambda: events.build_track(5, None, "u", None),
+            TypeError,
+            "event must be a non-empty string, got int",
+        ),
+        (
+            lambda: events.build_track("", None, "u", None),
+            ValueError,
+            "event must be a non-empty string",
+        ),
+        (
+            lambda: events.build_track("A", None, b"u", None),
+            TypeError,
+            "user_id must be a string or int, got bytes",
+        ),
+        (
+            lambda: events.build_track("A", "x", "u", None),
+            TypeError,
+            "properties must be a mapping (dict) or None, got str",
+        ),
+        (
+            lambda: events.build_identify(b"u", None),  # a required id
+            TypeError,
+            "user_id must be a string or int, got bytes",
+        ),
+        (
+            lambda: events.build_track("A", None, 10**5000, None),
+            ValueError,
+            "user_id is an int too large to send as text",
+        ),
+    ],
+)
+def test_misuse_messages_are_exact(build: Any, error: type[Exception], message: str) -> None:
+    with pytest.raises(error) as raised:
+        events.serialize(build())
+    assert str(raised.value) == message
+
+
+def test_a_mapping_that_is_not_a_dict_is_sent_as_an_object() -> None:
+    import types
+
+    properties = {"m": types.MappingProxyType({"a": 1})}
+    assert encoded(events.build_track("A", properties, "u", None))["properties"] == {"m": {"a": 1}}
+
+
+def test_a_set_of_mixed_types_is_sent_as_a_list_in_any_order() -> None:
+    sent = encoded(events.build_track("A", {"mixed": {1, "a"}}, "u", None))["properties"]
+    assert sorted(sent["mixed"], key=str) == [1, "a"]

@@ -146,3 +146,70 @@ def test_bad_spool_options_are_refused_by_name(
 ) -> None:
     with pytest.raises(error, match=message):
         make(**options)
+
+
+@pytest.mark.parametrize("key", ["!", "~", "sk_live_!~09AZaz"])
+def test_write_key_of_printable_ascii_is_accepted(key: str) -> None:
+    assert make(write_key=key).options.write_key == key
+
+
+@pytest.mark.parametrize("key", ["sk live", "sk_live\n", "sk_\x7f", "sk_é"])
+def test_write_key_that_cannot_go_into_a_header_is_refused_without_quoting_it(key: str) -> None:
+    with pytest.raises(ValueError) as raised:
+        make(write_key=key)
+    assert str(raised.value) == (
+        "write_key must be printable ASCII without spaces (a trailing newline from a file "
+        "or variable?)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("write_key", 42, "write_key must be a string, got int"),
+        ("flush_on_shutdown", "yes", "flush_on_shutdown must be a bool, got str"),
+        ("on_error", "print", "on_error must be callable, got str"),
+        ("write_key", "  ", "write_key must not be empty"),
+        ("endpoint", 8800, "endpoint must be a string, got int"),
+        ("max_batch_size", 2.5, "max_batch_size must be an int, got float"),
+        ("timeout", "10", "timeout must be a number, got str"),
+        ("logger", "klime", "logger must be a logging.Logger, got str"),
+    ],
+)
+def test_misuse_messages_name_the_option_and_the_type_given(
+    option: str, value: Any, message: str
+) -> None:
+    with pytest.raises((TypeError, ValueError)) as raised:
+        make(**{option: value})
+    assert str(raised.value) == message
+
+
+def test_the_smallest_and_largest_values_are_accepted() -> None:
+    options = make(max_batch_size=100, max_queue_size=1, retry_max_attempts=1).options
+    assert (options.max_batch_size, options.max_queue_size, options.retry_max_attempts) == (
+        100,
+        1,
+        1,
+    )
+    options = make(max_batch_size=1, timeout=0.5, shutdown_timeout=0.25, flush_interval=1).options
+    assert (options.max_batch_size, options.timeout, options.shutdown_timeout) == (1, 0.5, 0.25)
+    assert options.flush_interval == 0.001
+
+
+def test_none_means_the_default_for_the_keyword_options_too() -> None:
+    options = make(timeout=None, shutdown_timeout=None, send=None, sync_mode=None).options
+    assert (options.timeout, options.shutdown_timeout) == (10.0, 5.0)
+    assert (options.send, options.sync_mode) == (True, False)
+    assert make().options.sync_mode is False
+
+
+def test_only_trailing_slashes_are_taken_off_the_endpoint() -> None:
+    assert make(endpoint="http://127.0.0.1:8800/pathX//").options.endpoint == (
+        "http://127.0.0.1:8800/pathX"
+    )
+
+
+def test_the_plain_http_warning_names_the_endpoint(caplog: pytest.LogCaptureFixture) -> None:
+    make(endpoint="http://analytics.example.com")
+    (message,) = [r.getMessage() for r in caplog.records if "plain http" in r.getMessage()]
+    assert message.startswith("Klime: endpoint http://analytics.example.com is plain http")

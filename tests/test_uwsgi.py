@@ -170,7 +170,7 @@ def test_threads_off_warns_once_naming_the_option_and_flushes_per_request(
     assert len(lines) == 1
     assert "without Python threads" in lines[0] and "enable-threads = true" in lines[0]
     api.after_req_hook()  # type: ignore[attr-defined]
-    assert flushed == [klime_uwsgi.DEFAULT_TIMEOUT_S]
+    assert flushed == [5.0]  # the per-request flush's bound (docs/servers.md: 5 s)
     assert api.calls == ["user after_req"]
 
 

@@ -342,12 +342,21 @@ def stress_child(client: klime_mp.KlimeClient, n: int, exit_with: str) -> Callab
     return body
 
 
+def poll(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Wait until ``condition()`` holds (a generous deadline, no fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        check(time.monotonic() < deadline, "timed out waiting for a condition")
+        time.sleep(0.005)
+
+
 def mid_request() -> None:
     """Fork while the parent's sender waits for a slow server's answer (the collector
     runs with --delay): the answer still reaches the parent, the child works."""
     client = h.make_client(max_batch_size=5)
     tags = track_many(client, "parent", 5)  # a full batch: the sender sends at once
-    time.sleep(0.15)  # the request is in flight now (the server holds it 0.4 s)
+    poll(lambda: client.queue_size() == 0)  # the sender took the batch: the request is
+    # in flight now (the server holds it 0.4 s)
 
     def child() -> None:
         track_many(client, "child", 3)
@@ -367,7 +376,10 @@ def in_backoff() -> None:
         max_batch_size=3, retry_initial_delay=100, retry_max_attempts=40, shutdown_timeout=15
     )
     tags = track_many(client, "parent", 3)  # full batch: sent at once, refused, retried
-    time.sleep(0.5)  # refused at once each time: the sender is mostly in its backoff now
+    # The scenario, not synchronisation: refused at once each time, the sender spends
+    # nearly all of this in its backoff (stats().retries only moves when a batch
+    # settles, so there is no live condition to wait for).
+    time.sleep(0.5)
 
     def child(n: int) -> Callable[[], None]:
         def body() -> None:
