@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from klime_mp import recovery
 from klime_mp.delivery import REJECTED, SHUTDOWN_TIMEOUT, Deliverer, Delivery, DeliveryError
@@ -140,22 +140,34 @@ class Worker:
         previous flush() returned; False when any was lost or is still waiting (it
         stays queued: the sender carries on)."""
         wait = FLUSH_TIMEOUT_S if timeout is None else timeout
-        deadline = time.monotonic() + wait
+        return self.begin_flush()(time.monotonic() + wait)
+
+    def begin_flush(self) -> Callable[[float], bool]:
+        """Ask the sender to send everything accepted so far; return the wait for it
+        (called with a deadline). Split in two so that a process-wide flush can start
+        every client's sender before it waits for any (``wsgi.flush_process``)."""
         with self._lock:
             target = self._appended
             mark = self._loss_mark
-        if self._sender_alive():
-            with self._lock:
+            threaded = self._sender_alive()
+            if threaded:
                 self._flush_requests += 1  # tells the sender to send partial batches too
+        if threaded:
             self._wake.set()
-            settled = self._wait_finished(target, deadline)
-        else:
-            self._drain(deadline)  # no thread here (sync mode, exit): send from this thread
-            self._ledger.report_parked()
-            settled = self._settled(target)
-        with self._lock:
-            self._loss_mark = self._ledger.losses
-            return settled and self._ledger.losses == mark
+
+        def wait(deadline: float) -> bool:
+            if threaded:
+                settled = self._wait_finished(target, deadline)
+            else:  # no thread here (sync mode, exit): send from this thread
+                self._drain(deadline)
+                self._ledger.report_parked()
+                with self._lock:
+                    settled = self._settled(target)
+            with self._lock:
+                self._loss_mark = self._ledger.losses
+                return settled and self._ledger.losses == mark
+
+        return wait
 
     def shutdown(self, timeout: float) -> bool:
         """Send what is queued within ``timeout`` seconds, then stop. Idempotent.

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from klime_mp import forksafe
 from klime_mp.client import KlimeClient
-from klime_mp.worker import Worker
+from klime_mp.worker import FLUSH_TIMEOUT_S, Worker
 
 DEFAULT_TIMEOUT_S = 5.0
 
@@ -86,13 +86,13 @@ class _FlushOnClose:
 
 
 def flush_process(timeout: float | None = None) -> bool:
-    """Flush every client of the current process, all within one ``timeout``.
+    """Flush every client of the current process, all within one ``timeout`` (10 s
+    when None, as ``flush()``).
 
-    True when everything queued before the call was sent (or failed for good)."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    done = True
-    for value in forksafe.owned_values():
-        if isinstance(value, Worker):
-            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            done = value.flush(left) and done
-    return done
+    Every client's sender is woken first and then waited for, so one client stuck in an
+    outage does not use up the others' time. True when everything queued before the
+    call was delivered."""
+    wait = FLUSH_TIMEOUT_S if timeout is None else timeout
+    deadline = time.monotonic() + wait
+    waits = [value.begin_flush() for value in forksafe.owned_values() if isinstance(value, Worker)]
+    return all([wait_for(deadline) for wait_for in waits])  # a list: wait for every one

@@ -114,3 +114,29 @@ def test_a_bad_timeout_is_refused_by_name(timeout: Any) -> None:
 def test_an_app_that_is_not_callable_is_refused() -> None:
     with pytest.raises(TypeError, match="app must be a WSGI callable"):
         FlushMiddleware("app:app")  # type: ignore[arg-type]
+
+
+def test_a_client_stuck_in_an_outage_does_not_starve_the_others(collector: Collector) -> None:
+    # Servers that accept and never answer: the stuck clients' flushes cannot finish.
+    # Waiting for them one after another would wake the healthy client only when their
+    # time was up; it must be woken at once, whatever the order of the clients.
+    import socket
+    import threading
+
+    with socket.create_server(("127.0.0.1", 0)) as black_hole:
+        url = f"http://127.0.0.1:{black_hole.getsockname()[1]}"
+        stuck = [
+            KlimeClient("key", url, flush_interval=QUIET, shutdown_timeout=0.5) for _ in range(3)
+        ]
+        healthy = KlimeClient("key", endpoint=collector.url, flush_interval=QUIET)
+        try:
+            for client in stuck:
+                client.track("Stuck", user_id="usr_1")
+            healthy.track("Healthy", user_id="usr_2")
+            flushing = threading.Thread(target=flush_process, args=(6.0,))
+            flushing.start()
+            assert collector.wait_for(1, timeout=3.0)  # long before the 6 s are up
+            flushing.join(10)
+        finally:
+            for client in [*stuck, healthy]:
+                client.shutdown()
