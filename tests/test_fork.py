@@ -35,7 +35,9 @@ class FakeState:
 
 def test_value_is_built_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
     built: list[FakeState] = []
-    local = forksafe.ProcessLocal(lambda: built.append(FakeState()) or built[-1], lambda v: None)
+    local = forksafe.ProcessLocal(
+        lambda: built.append(FakeState()) or built[-1], lambda value, budget: None
+    )
     assert local.peek() is None, "peek never builds"
     first = local.get()
     assert local.get() is first and local.peek() is first and len(built) == 1
@@ -43,7 +45,7 @@ def test_value_is_built_once_per_process(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_new_pid_rebuilds_and_abandons_the_parents_value(monkeypatch: pytest.MonkeyPatch) -> None:
     # What the first call in a uWSGI worker sees: no hook ran, only the PID changed.
-    local = forksafe.ProcessLocal(FakeState, lambda v: None)
+    local = forksafe.ProcessLocal(FakeState, lambda value, budget: None)
     parent = local.get()
     monkeypatch.setattr(forksafe, "getpid", lambda: 999_999_999)
     assert local.peek() is None, "the parent's value is invisible in the child"
@@ -62,7 +64,7 @@ def test_at_fork_hook_only_moves_references(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(forksafe, "_live", live)
     monkeypatch.setattr(forksafe, "_owned", set())
     monkeypatch.setattr(forksafe, "_locks_by_pid", {})
-    local = forksafe.ProcessLocal(factory, lambda v: calls.append("exit"))
+    local = forksafe.ProcessLocal(factory, lambda value, budget: calls.append("exit"))
     parent = local.get()
     held = forksafe.process_lock()
     held.acquire()  # as if another thread held it at the fork

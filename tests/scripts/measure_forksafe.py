@@ -30,7 +30,7 @@ def per_call_ns(statement: str, env: dict[str, object]) -> float:
 
 
 def pid_check_cost() -> dict[str, float]:
-    local = forksafe.ProcessLocal(Holder, lambda value: None)  # type: ignore[arg-type,type-var]
+    local = forksafe.ProcessLocal(Holder, lambda value, budget: None)  # type: ignore[arg-type,type-var]
     local.get()
     env: dict[str, object] = {"local": local, "holder": Holder(), "os": os}
     get = per_call_ns("local.get()", env)
