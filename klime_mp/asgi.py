@@ -23,7 +23,7 @@ import logging
 from collections.abc import Awaitable, MutableMapping
 from typing import Any, Callable
 
-from klime_mp import default
+from klime_mp import default, forksafe
 from klime_mp.client import KlimeClient
 from klime_mp.wsgi import DEFAULT_TIMEOUT_S, flush_process
 
@@ -41,14 +41,16 @@ SHUTDOWN_DONE = ("lifespan.shutdown.complete", "lifespan.shutdown.failed")
 
 
 class KlimeMiddleware:
-    """Wrap an ASGI app: flush at lifespan shutdown (and after each HTTP request if
-    ``flush_after_request``). Every message passes through unchanged.
+    """Wrap an ASGI app: shut down this process's clients at lifespan shutdown, as an
+    exit hook would (and flush after each HTTP request if ``flush_after_request``).
+    Every message passes through unchanged.
 
-    ``client``: the client to flush; by default every client of this process.
+    ``client``: the client to flush after a request; by default every client of this
+    process. The lifespan shutdown covers every client of the process either way.
     ``timeout``: the longest one flush waits; by default, at shutdown, the client's
     ``shutdown_timeout`` (the default client's, when flushing them all), and after a
-    request 5 s. Events not
-    sent in time stay queued (after a request) or are reported (at shutdown)."""
+    request 5 s. Events not sent in time stay queued (after a request) or are reported,
+    or left in the spool for the next process (at shutdown)."""
 
     def __init__(
         self,
@@ -96,9 +98,16 @@ class KlimeMiddleware:
         return DEFAULT_TIMEOUT_S if client is None else client.options.shutdown_timeout
 
     async def _shutdown_flush(self) -> None:
+        # The lifespan shutdown is a uvicorn worker's last Python code: shut down every
+        # client of the process as an exit hook would (a flush is not enough: with a
+        # spool, what a SIGKILLed sibling left on disk is sent at shutdown, and no one
+        # else may be left to send it). What cannot be sent in time is reported by the
+        # clients themselves (on_error, the log) or stays in the spool. A process that
+        # carries on (a test's TestClient) builds its clients afresh on the next call.
+        limit = self._timeout or self._shutdown_timeout()
+        loop = asyncio.get_running_loop()
         try:
-            if not await self.flush():
-                logger.warning("Klime: events were still queued when the lifespan shutdown ended")
+            await loop.run_in_executor(None, forksafe.shut_down_owned, limit)
         except Exception:  # the server must still hear that shutdown completed
             logger.exception("Klime: the lifespan shutdown flush failed")
 

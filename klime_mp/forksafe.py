@@ -190,10 +190,8 @@ def _after_fork_in_child() -> None:
 def _flush_at_exit(budget: float | None = None) -> None:
     global exit_flushed_pid, _exit_flush_running
     exit_flushed_pid = _exit_flush_running = getpid()
-    deadline = None if budget is None else time.monotonic() + budget
     try:
-        for local in list(_live):
-            local._exit(deadline)  # each one flushes only what this process owns
+        shut_down_owned(budget)
     finally:
         _exit_flush_running = 0
 
@@ -210,6 +208,19 @@ def exit_flush_now(budget: float | None = None) -> None:
     it); each value's ``on_exit`` gets what is left of it, so what cannot be sent in
     time is reported as lost before the kill instead of vanishing with the process."""
     _flush_at_exit(budget)
+
+
+def shut_down_owned(budget: float | None = None) -> None:
+    """Run the exit hook of every value this process owns (its shutdown: send what is
+    queued, and what dead processes left in the spool), within ``budget`` seconds in
+    all, without marking the process as exiting: a later call builds afresh.
+
+    For a host whose last code in a process is not an exit hook but a shutdown event
+    that may also come in a process that carries on (the ASGI lifespan shutdown: the
+    end of a uvicorn worker, but also of each ``TestClient`` block in a test run)."""
+    deadline = None if budget is None else time.monotonic() + budget
+    for local in list(_live):
+        local._exit(deadline)  # each one flushes only what this process owns
 
 
 def owned_values() -> list[PerProcessState]:

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -18,6 +22,7 @@ from typing import Any
 import pytest
 
 import klime_mp
+from klime_mp import recovery
 from klime_mp.asgi import KlimeMiddleware
 from klime_mp.collector import Collector
 from tests.servers import (
@@ -135,6 +140,61 @@ def test_app_that_returns_on_lifespan_still_gets_the_shutdown_flush(
     run(KlimeMiddleware(ignores_lifespan)({"type": "lifespan"}, channel.receive, channel.send))
     assert [m["type"] for m in channel.sent][-1] == "lifespan.shutdown.complete"
     assert collector.stats().stored == 1
+
+
+# A process of the same app that queues 50 events in its spool, sends none (below a
+# full batch, no interval due) and dies of SIGKILL: what the OOM killer leaves behind.
+KILLED_SIBLING = textwrap.dedent("""
+    import os, signal, sys
+    from klime_mp import KlimeClient
+
+    client = KlimeClient("key", sys.argv[1], spool_dir=sys.argv[2], **{hold})
+    for n in range(50):
+        client.track("Left By The Killed", {{"n": n}}, user_id="usr_2")
+    os.kill(os.getpid(), signal.SIGKILL)
+""").format(hold=HOLD)
+
+
+@pytest.mark.fork
+def test_lifespan_shutdown_sends_what_a_sigkilled_sibling_left_in_the_spool(
+    collector: Collector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # uvicorn re-raises SIGTERM after the lifespan shutdown: it is the last chance of a
+    # worker to send a killed sibling's events, or they wait on disk for a next start.
+    monkeypatch.setattr(recovery, "SCAN_INTERVAL_S", 3600.0)  # only a shutdown looks again
+    spool = tmp_path / "spool"
+    client = klime_mp.configure("key", endpoint=collector.url, spool_dir=spool, **HOLD)
+    try:
+        client.track("Queued By The Survivor", user_id="usr_1")
+        assert client.flush(10) is True  # its sender is running and has looked for orphans
+        killed = subprocess.run(
+            [sys.executable, "-c", KILLED_SIBLING, collector.url, str(spool)], timeout=60
+        )
+        assert killed.returncode == -signal.SIGKILL
+        assert collector.stats().stored == 1, "nothing of the killed process was sent yet"
+
+        channel = Channel(*LIFESPAN)
+        run(KlimeMiddleware(http_only_app)({"type": "lifespan"}, channel.receive, channel.send))
+
+        assert [m["type"] for m in channel.sent][-1] == "lifespan.shutdown.complete"
+        events = Counter(event["event"] for event in collector.events())
+        assert events == {"Queued By The Survivor": 1, "Left By The Killed": 50}
+    finally:
+        client.shutdown()
+
+
+def test_a_process_that_carries_on_after_lifespan_shutdown_tracks_as_before(
+    held_client: klime_mp.KlimeClient, collector: Collector
+) -> None:
+    # A test suite runs the lifespan once per TestClient block, in one process: after a
+    # shutdown the client queues again (no blocking send per call) and sends on flush.
+    channel = Channel(*LIFESPAN)
+    run(KlimeMiddleware(lifespan_app)({"type": "lifespan"}, channel.receive, channel.send))
+    assert collector.stats().stored == 1  # "Shutting Down"
+    held_client.track("After The Shutdown", user_id="usr_1")
+    assert held_client.queue_size() == 1 and collector.stats().stored == 1
+    assert held_client.flush(10) is True
+    assert collector.stats().stored == 2
 
 
 def test_a_startup_failure_of_the_app_is_the_servers_to_see() -> None:
