@@ -133,8 +133,6 @@ class Deliverer:
 
     # -- waiting between attempts ----------------------------------------------------
 
-    # -- waiting between attempts ----------------------------------------------------
-
     def _delay(self, attempt_number: int, retry_after: str | None) -> float:
         asked = parse_retry_after(retry_after)
         if asked is not None:
