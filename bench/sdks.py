@@ -37,6 +37,7 @@ LABELS = {
     "segment": "Segment analytics-python",
     "posthog": "PostHog",
     "none": "no SDK",
+    "floor": "harness floor (empty call)",
 }
 
 Call = Callable[..., Any]  # called as call(properties={...})
