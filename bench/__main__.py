@@ -147,6 +147,7 @@ def missing_modules() -> list[str]:
 def charts_and_docs(results: dict[str, Any], out: Path, docs: bool) -> None:
     from bench.charts import draw
 
+    out.mkdir(parents=True, exist_ok=True)
     charts = draw(results, out)
     path = write(results, out, charts)
     log(f"results: {path} and {out / 'results.json'}; charts: {', '.join(charts)}")
