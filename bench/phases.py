@@ -27,6 +27,7 @@ from bench.under_gunicorn import cpu_run, preload_fork, serve_load
 
 Raw = dict[str, Any]
 Log = Callable[[str], None]
+Describe = Callable[[Raw], str]  # a result as one line of the log
 
 
 def rotated(names: tuple[str, ...], run: int) -> list[str]:
@@ -39,7 +40,7 @@ def one_run(
     run: int,
     names: Iterable[str],
     measure: Callable[[str], Raw | None],
-    describe: Callable[[Raw], str],
+    describe: Describe,
     log: Log,
     tag: str = "",
 ) -> None:
@@ -76,17 +77,25 @@ def workload(scenario: str, config: dict[str, Any], timeout: float, log: Log) ->
 # -- 0 ----------------------------------------------------------------------------------
 
 
-def cpu(plan: Plan, sink: SinkProcess, log: Log) -> Raw:
+def all_apps(
+    plan: Plan, part: str, measure: Callable[[list[str]], Raw], describe: Describe, log: Log
+) -> Raw:
+    """Parts 0 and 3: per run, every app (``none``: no SDK) served and loaded at once."""
     names = ("none", *SDKS)
     raw: Raw = {sdk: [] for sdk in names}
     for run in range(plan.runs):
         try:
-            results: Raw = cpu_run(rotated(names, run), sink, plan)
+            results = measure(rotated(names, run))
         except (RuntimeError, OSError, ValueError) as exc:
-            log(f"  ! cpu: {exc}")
+            log(f"  ! {part}: {exc}")
             results = {}
-        one_run(raw, run, names, results.get, _cpu_line, log)
+        one_run(raw, run, names, results.get, describe, log)
     return raw
+
+
+def cpu(plan: Plan, sink: SinkProcess, log: Log) -> Raw:
+    measure = functools.partial(cpu_run, sink=sink, plan=plan)
+    return all_apps(plan, "cpu", measure, _cpu_line, log)
 
 
 def _cpu_line(result: Raw) -> str:
@@ -207,16 +216,8 @@ def ceiling(sink: SinkProcess, total: int) -> Raw:
 
 
 def gunicorn(plan: Plan, sink: SinkProcess, log: Log) -> Raw:
-    names = ("none", *SDKS)
-    raw: Raw = {sdk: [] for sdk in names}
-    for run in range(plan.runs):
-        try:
-            results: Raw = serve_load(rotated(names, run), sink.url, plan)
-        except (RuntimeError, OSError) as exc:
-            log(f"  ! gunicorn: {exc}")
-            results = {}
-        one_run(raw, run, names, results.get, _gunicorn_line, log)
-    return raw
+    measure = functools.partial(serve_load, sink_url=sink.url, plan=plan)
+    return all_apps(plan, "gunicorn", measure, _gunicorn_line, log)
 
 
 def _gunicorn_line(result: Raw) -> str:
