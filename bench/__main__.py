@@ -69,16 +69,17 @@ def machine() -> str:
 
 def revision() -> str:
     """The commit measured, and whether klime_mp had uncommitted changes."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "klime_mp"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
+        commit, dirty = (
+            git("rev-parse", "--short", "HEAD"),
+            git("status", "--porcelain", "klime_mp"),
+        )
     except OSError:
         return "unknown"
     return f"{commit}{' + uncommitted changes in klime_mp/' if dirty else ''}" or "unknown"

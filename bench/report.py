@@ -70,8 +70,8 @@ def _targets(rows: list[Raw]) -> list[str]:
 
 def _cpu(cpu: Raw, plan: Raw) -> list[str]:
     us = [("us_per_event", 1, " µs"), ("us_per_request", 1, " µs"), ("requests", 0, "")]
-    rows = _rows(cpu["sdks"], SDKS, us)
-    rows += [[LABELS["none"], "0 (the baseline)", *_rows(cpu["sdks"], ["none"], us[1:])[0][1:]]]
+    rows = _rows(cpu["sdks"], (*SDKS, "none"), us)
+    rows[-1][1] = "0 (the baseline)"
     return [
         f"### 0. CPU per event in a Gunicorn worker (about {plan['cpu_requests']:,} requests "
         "per app, one track() each, one sync worker per app, all apps loaded in turns)",
@@ -89,6 +89,7 @@ LATENCY_TITLES = {
     "full": "queue full (collector down, queue at its default limit)",
 }
 LATENCY_COLUMNS = [("p50_us", 1, ""), ("p99_us", 1, ""), ("p999_us", 1, ""), ("max_ms", 2, " ms")]
+LATENCY_COLUMNS += [("n", 0, ""), ("preemptions", 0, "")]
 
 
 def _latency(lat: Raw, calls: int) -> list[str]:
@@ -103,15 +104,10 @@ def _latency(lat: Raw, calls: int) -> list[str]:
     for cond in CONDITIONS:
         table = lat[cond]["sdks"]
         names = [n for n in (*SDKS, "floor") if n in table and table[n]["n"]["median"] is not None]
-        rows = [
-            [
-                *row,
-                fmt(table[name]["n"], 0)
-                + (" (cut at the time budget)" if table[name]["cut"] else ""),
-                fmt(table[name].get("preemptions"), 0),
-            ]
-            for name, row in zip(names, _rows(table, names, LATENCY_COLUMNS))
-        ]
+        rows = _rows(table, names, LATENCY_COLUMNS)
+        for name, row in zip(names, rows):
+            if table[name]["cut"]:
+                row[5] += " (cut at the time budget)"
         ratios = lat[cond]["ratios"]
         lines += [f"**{LATENCY_TITLES[cond]}**", "", *_table(header, rows)]
         lines += [
