@@ -342,14 +342,10 @@ def _fork_collector(mode: str, sdk: str, plan: Plan, log: Log) -> Raw | None:
 
 def memory(plan: Plan, down: RefusedPort, log: Log) -> Raw:
     def measure(sdk: str) -> Raw | None:
-        config = {
-            "sdk": sdk,
-            "url": down.url,
-            "events": plan.memory_events,
-            # The official SDK sends in the caller's thread once max_batch_size
-            # events wait: its queue never holds 10,000 events.
-            "queue_growth": sdk != "klime",
-        }
+        # The official SDK sends in the caller's thread once max_batch_size events
+        # wait: its queue never holds 10,000 events.
+        growth = sdk != "klime"
+        config = {"sdk": sdk, "url": down.url, "events": plan.memory_events, "queue_growth": growth}
         return workload("memory", config, 120, log)
 
     def describe(result: Raw) -> str:
