@@ -168,6 +168,7 @@ def preload_fork(sdk: str, url: str, control: str | None, plan: Plan) -> dict[st
     server = Gunicorn(sdk, url, plan.fork_workers, preload=True, env=env)
     try:
         server.wait_ready()
+        sink = SinkClient(control) if control else None  # None: nothing to wait on
         starts: dict[str, int] = {}
         expected = [f"p-{i}" for i in range(plan.parent_events)]
         for k in range(plan.preload_requests):
@@ -177,10 +178,8 @@ def preload_fork(sdk: str, url: str, control: str | None, plan: Plan) -> dict[st
                 starts[f"r{k}"] = time.monotonic_ns()
             if get(server.url, f"/track?eid={eid}{marker}")[0] == 200:
                 expected.append(eid)
-            if control and k == plan.fork_workers - 1:
-                markers = set(starts)
-                arrived = SinkClient(control).markers
-                wait_until(lambda: markers <= arrived().keys(), plan.wait_s, poll=0.02)  # noqa: B023
+            if sink is not None and k == plan.fork_workers - 1:
+                wait_until(lambda: starts.keys() <= sink.markers().keys(), plan.wait_s, poll=0.02)
     finally:
         stop_s = server.stop()
     return {"starts_ns": starts, "expected": expected, "stop_s": stop_s}
