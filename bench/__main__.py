@@ -7,7 +7,7 @@ and, between markers, into ``docs/performance.md`` (and README.md if it has them
 Run it from the repository root (``bench`` is not an installed package):
 
     python -m bench                 # the full run (under 10 minutes on 2 cores)
-    python -m bench --quick         # a ~1-minute smoke run, results in bench/results/quick/
+    python -m bench --quick         # a ~2-minute smoke run, results in bench/results/quick/
     python -m bench --only latency,throughput --runs 5
     python -m bench --redraw        # measure nothing: charts and docs from results.json
 """
@@ -43,7 +43,7 @@ def log(message: str) -> None:
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a ~1-minute smoke run")
+    parser.add_argument("--quick", action="store_true", help="a ~2-minute smoke run")
     parser.add_argument("--runs", type=int, help="runs per figure (default 3, quick 1)")
     parser.add_argument("--only", help=f"comma-separated parts: {','.join(PARTS)}")
     parser.add_argument(
