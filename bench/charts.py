@@ -40,6 +40,26 @@ def _subtitle(meta: Raw) -> str:
     )
 
 
+def _bars(ax: Any, names: list[str], values: list[Summary | None], **labels: Any) -> list[float]:
+    """One bar per SDK, labelled; returns the tops of their error bars."""
+    tops = []
+    for i, (sdk, value) in enumerate(zip(names, values)):
+        h, lo, hi = _bar(value)
+        ax.bar(i, h, 0.6, yerr=[[lo], [hi]], capsize=3, color=COLORS[sdk])
+        tops.append(h + hi)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels([LABELS[n] for n in names], fontsize=8, **labels)
+    return tops
+
+
+def _save(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def latency_chart(lat: Raw, meta: Raw, path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -82,31 +102,25 @@ def latency_chart(lat: Raw, meta: Raw, path: Path) -> None:
         "the true value is at least this)\n" + _subtitle(meta),
         fontsize=10,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def throughput_chart(tp: Raw, meta: Raw, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    for i, sdk in enumerate(SDKS):
-        h, lo, hi = _bar(tp["sdks"][sdk]["events_per_s"])
-        ax.bar(i, h, 0.6, yerr=[[lo], [hi]], capsize=3, color=COLORS[sdk])
-        conns = tp["sdks"][sdk]["connections"]["median"]
+    names = list(SDKS)
+    tops = _bars(ax, names, [tp["sdks"][sdk]["events_per_s"] for sdk in names])
+    for i, (sdk, top) in enumerate(zip(names, tops)):
+        rate, conns = (tp["sdks"][sdk][key]["median"] for key in ("events_per_s", "connections"))
         if conns is not None:
             ax.text(
-                i, h + hi, f"{h:,.0f}/s\n{conns:.0f} conn.", ha="center", va="bottom", fontsize=8
+                i, top, f"{rate:,.0f}/s\n{conns:.0f} conn.", ha="center", va="bottom", fontsize=8
             )
-    ax.set_xticks(range(len(SDKS)))
-    ax.set_xticklabels([LABELS[s] for s in SDKS], fontsize=8)
     ax.set_ylabel("events/s until delivered")
     ax.set_title("Throughput of a burst (higher is better)\n" + _subtitle(meta), fontsize=9)
     ax.margins(y=0.2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def gunicorn_chart(gun: Raw, meta: Raw, path: Path) -> None:
@@ -115,39 +129,29 @@ def gunicorn_chart(gun: Raw, meta: Raw, path: Path) -> None:
     names = [n for n in ("none", *SDKS) if n in gun["sdks"]]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
     for i, sdk in enumerate(names):
-        entry = gun["sdks"][sdk]
         for offset, key, alpha in ((-0.2, "p50_ms", 1.0), (0.2, "p99_ms", 0.5)):
-            h, lo, hi = _bar(entry[key])
+            h, lo, hi = _bar(gun["sdks"][sdk][key])
             left.bar(
                 i + offset, h, 0.4, yerr=[[lo], [hi]], capsize=2, color=COLORS[sdk], alpha=alpha
             )
-        h, lo, hi = _bar(entry["rps"])
-        right.bar(i, h, 0.6, yerr=[[lo], [hi]], capsize=3, color=COLORS[sdk])
-    for ax in (left, right):
-        ax.set_xticks(range(len(names)))
-        ax.set_xticklabels([LABELS[n] for n in names], fontsize=8, rotation=10)
+    _bars(right, names, [gun["sdks"][sdk]["rps"] for sdk in names], rotation=10)
+    left.set_xticks(range(len(names)))
+    left.set_xticklabels([LABELS[n] for n in names], fontsize=8, rotation=10)
     left.set_ylabel("request latency, ms (solid p50, light p99)")
     right.set_ylabel("requests/s")
     fig.suptitle("Under Gunicorn: one track() per request\n" + _subtitle(meta), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def cpu_chart(cpu: Raw, meta: Raw, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    for i, sdk in enumerate(SDKS):
-        h, lo, hi = _bar(cpu["sdks"][sdk]["us_per_event"])
-        ax.bar(i, h, 0.6, yerr=[[lo], [hi]], capsize=3, color=COLORS[sdk])
-    ax.set_xticks(range(len(SDKS)))
-    ax.set_xticklabels([LABELS[n] for n in SDKS], fontsize=8, rotation=10)
+    names = list(SDKS)
+    _bars(ax, names, [cpu["sdks"][sdk]["us_per_event"] for sdk in names], rotation=10)
     ax.set_ylabel("worker CPU per event, µs (lower is better)")
     fig.suptitle("CPU per event in a Gunicorn worker\n" + _subtitle(meta), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def draw(results: Raw, folder: Path) -> list[str]:
@@ -155,16 +159,12 @@ def draw(results: Raw, folder: Path) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
-    meta = results["meta"]
+    charts = (cpu_chart, latency_chart, throughput_chart, gunicorn_chart)
     written = []
-    for key, draw_one in (
-        ("cpu", cpu_chart),
-        ("latency", latency_chart),
-        ("throughput", throughput_chart),
-        ("gunicorn", gunicorn_chart),
-    ):
+    for draw_one in charts:
+        key = draw_one.__name__.removesuffix("_chart")
         if key in results:
             path = folder / f"{key}.png"
-            draw_one(results[key], meta, path)
+            draw_one(results[key], results["meta"], path)
             written.append(str(path))
     return written

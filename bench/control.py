@@ -1,4 +1,4 @@
-"""Starting and steering the sink, and a port where nothing answers.
+"""Starting and steering the sink, a port where nothing answers, and polling.
 
 Used by the orchestrator and by the workloads (which wait on the sink for delivery).
 """
@@ -12,9 +12,10 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 
 
 def get_json(url: str, timeout: float = 10.0) -> Any:
@@ -22,10 +23,30 @@ def get_json(url: str, timeout: float = 10.0) -> Any:
         return json.load(reply)
 
 
-def post(url: str, timeout: float = 10.0) -> None:
-    request = urllib.request.Request(url, data=b"", method="POST")
-    with urllib.request.urlopen(request, timeout=timeout) as reply:
-        reply.read()
+def wait_until(done: Callable[[], bool], timeout: float, poll: float = 0.01) -> bool:
+    """True once ``done()`` is; False after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll)
+    return True
+
+
+def settle(read: Callable[[], T], key: Callable[[T], Any], quiet: float, timeout: float) -> T:
+    """Poll ``read()`` until ``key`` of it has not changed for ``quiet`` seconds (or
+    ``timeout``); the last reading."""
+    deadline = time.monotonic() + timeout
+    last = read()
+    quiet_since = time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = read()
+        if key(now) != key(last):
+            last, quiet_since = now, time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet:
+            break
+    return last
 
 
 class SinkClient:
@@ -39,7 +60,9 @@ class SinkClient:
         return result
 
     def reset(self) -> None:
-        post(f"{self.control_url}/reset")
+        request = urllib.request.Request(f"{self.control_url}/reset", data=b"", method="POST")
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            reply.read()
 
     def markers(self) -> dict[str, int]:
         result: dict[str, int] = get_json(f"{self.control_url}/markers")
@@ -51,26 +74,11 @@ class SinkClient:
 
     def wait_events(self, count: int, timeout: float, poll: float = 0.01) -> bool:
         """True once the sink has seen ``count`` events; False after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while self.stats()["events"] < count:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(poll)
-        return True
+        return wait_until(lambda: self.stats()["events"] >= count, timeout, poll)
 
     def wait_quiet(self, quiet: float, timeout: float) -> dict[str, Any]:
         """Wait until no event arrived for ``quiet`` seconds (or ``timeout``)."""
-        deadline = time.monotonic() + timeout
-        last = self.stats()
-        quiet_since = time.monotonic()
-        while time.monotonic() < deadline:
-            time.sleep(0.05)
-            now = self.stats()
-            if now["events"] != last["events"] or now["requests"] != last["requests"]:
-                last, quiet_since = now, time.monotonic()
-            elif time.monotonic() - quiet_since >= quiet:
-                break
-        return last
+        return settle(self.stats, lambda s: (s["events"], s["requests"]), quiet, timeout)
 
 
 class SinkProcess(SinkClient):

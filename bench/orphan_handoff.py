@@ -21,6 +21,7 @@ import textwrap
 import time
 from pathlib import Path
 
+from bench.control import wait_until
 from klime_mp.collector import Collector
 
 SIBLING = textwrap.dedent("""
@@ -48,6 +49,10 @@ VICTIM = textwrap.dedent("""
 """)
 
 
+def _victims_stored(collector: Collector) -> int:
+    return len({e["properties"]["n"] for e in collector.events() if e.get("event") == "Victim"})
+
+
 def one_run(events: int) -> float:
     with tempfile.TemporaryDirectory() as tmp, Collector(db=Path(tmp, "c.sqlite3")) as sink:
         spool = str(Path(tmp, "spool"))
@@ -65,15 +70,9 @@ def one_run(events: int) -> float:
             )
             killed = time.monotonic()
             assert victim.returncode < 0, victim.stderr
-            victim_ids = {e["properties"]["n"] for e in sink.events() if e.get("event") == "Victim"}
-            unsent = events - len(victim_ids)
-            while (
-                len({e["properties"]["n"] for e in sink.events() if e.get("event") == "Victim"})
-                < events
-            ):
-                if time.monotonic() - killed > 60:
-                    raise RuntimeError("the sibling never sent the orphan")
-                time.sleep(0.01)
+            unsent = events - _victims_stored(sink)
+            if not wait_until(lambda: _victims_stored(sink) >= events, 60.0):
+                raise RuntimeError("the sibling never sent the orphan")
             took = time.monotonic() - killed
             print(f"  {unsent} events unsent at the kill; all {events} stored {took:.2f} s later")
             return took

@@ -1,4 +1,4 @@
-"""The six parts of the benchmark: each returns its raw per-run figures.
+"""The seven parts of the benchmark: each returns its raw per-run figures.
 
 Within a run every SDK is measured back to back (the order rotates from run to run),
 so a ratio between two SDKs compares measurements taken minutes apart at most.
@@ -6,26 +6,50 @@ so a ratio between two SDKs compares measurements taken minutes apart at most.
 
 from __future__ import annotations
 
+import functools
+import http.client
 import json
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
-from bench.control import ROOT, RefusedPort, SinkProcess
-from bench.plan import CONDITIONS, Plan
+from bench.control import ROOT, RefusedPort, SinkProcess, settle
+from bench.plan import CONDITIONS, FORK_MODES, Plan
 from bench.sdks import SDKS
-from bench.under_gunicorn import serve_load
+from bench.under_gunicorn import cpu_run, preload_fork, serve_load
 
 Raw = dict[str, Any]
 Log = Callable[[str], None]
+Describe = Callable[[Raw], str]  # a result as one line of the log
 
 
 def rotated(names: tuple[str, ...], run: int) -> list[str]:
     shift = run % len(names)
     return list(names[shift:] + names[:shift])
+
+
+def one_run(
+    raw: Raw,
+    run: int,
+    names: Iterable[str],
+    measure: Callable[[str], Raw | None],
+    describe: Describe,
+    log: Log,
+    tag: str = "",
+) -> None:
+    """Measure each of ``names`` in the order given, keep each result, log it."""
+    for sdk in names:
+        result = measure(sdk)
+        raw[sdk].append(result)
+        if result:
+            log(f"  run {run + 1} {tag}{sdk:9} {describe(result)}")
 
 
 def workload(scenario: str, config: dict[str, Any], timeout: float, log: Log) -> Raw | None:
@@ -45,32 +69,65 @@ def workload(scenario: str, config: dict[str, Any], timeout: float, log: Log) ->
             log(f"  ! {scenario} {config.get('sdk')}: exit {proc.returncode}\n{tail}")
             return None
         result: Raw = json.loads(out.read_text())
+        if scenario == "fork":  # the parent leaves through a normal exit: hooks and all
+            result["exit_code"] = proc.returncode
         return result
+
+
+# -- 0 ----------------------------------------------------------------------------------
+
+
+def all_apps(
+    plan: Plan, part: str, measure: Callable[[list[str]], Raw], describe: Describe, log: Log
+) -> Raw:
+    """Parts 0 and 3: per run, every app (``none``: no SDK) served and loaded at once."""
+    names = ("none", *SDKS)
+    raw: Raw = {sdk: [] for sdk in names}
+    for run in range(plan.runs):
+        try:
+            results = measure(rotated(names, run))
+        except (RuntimeError, OSError, ValueError) as exc:
+            log(f"  ! {part}: {exc}")
+            results = {}
+        one_run(raw, run, names, results.get, describe, log)
+    return raw
+
+
+def cpu(plan: Plan, sink: SinkProcess, log: Log) -> Raw:
+    measure = functools.partial(cpu_run, sink=sink, plan=plan)
+    return all_apps(plan, "cpu", measure, _cpu_line, log)
+
+
+def _cpu_line(result: Raw) -> str:
+    return (
+        f"{result['cpu_us_per_request']:7.1f} µs CPU/request over {result['requests']} requests"
+        + ("" if result["all_delivered"] else " (not all events delivered)")
+    )
 
 
 # -- 1 ----------------------------------------------------------------------------------
 
 
 def latency(plan: Plan, sink: SinkProcess, down: RefusedPort, log: Log) -> Raw:
+    def measure(cond: str, sdk: str) -> Raw | None:
+        config = {
+            "sdk": sdk,
+            "url": sink.url if cond == "up" else down.url,
+            "calls": plan.latency_calls,
+            "budget_s": plan.latency_budget_s,
+            "stall_s": plan.latency_stall_s,
+            "prefill": cond == "full",
+            # up/down: room for every call, so nobody drops; full: SDK default
+            "queue_size": None if cond == "full" else plan.latency_calls + 1000,
+        }
+        return workload("latency", config, plan.latency_budget_s + 60, log)
+
     raw: Raw = {cond: {sdk: [] for sdk in (*SDKS, "floor")} for cond in CONDITIONS}
     for run in range(plan.runs):
         for cond in CONDITIONS:
             names = rotated(SDKS, run) + (["floor"] if cond == "up" else [])
-            for sdk in names:
-                config = {
-                    "sdk": sdk,
-                    "url": sink.url if cond == "up" else down.url,
-                    "calls": plan.latency_calls,
-                    "budget_s": plan.latency_budget_s,
-                    "stall_s": plan.latency_stall_s,
-                    "prefill": cond == "full",
-                    # up/down: room for every call, so nobody drops; full: SDK default
-                    "queue_size": None if cond == "full" else plan.latency_calls + 1000,
-                }
-                result = workload("latency", config, plan.latency_budget_s + 60, log)
-                raw[cond][sdk].append(result)
-                if result:
-                    log(f"  run {run + 1} {cond:4} {sdk:9} {_latency_line(result)}")
+            measure_one = functools.partial(measure, cond)
+            one_run(raw[cond], run, names, measure_one, _latency_line, log, f"{cond:4} ")
     return raw
 
 
@@ -83,37 +140,31 @@ def _latency_line(result: Raw) -> str:
     )
 
 
-# -- 0 ----------------------------------------------------------------------------------
-
-
-def cpu(plan: Plan, sink: SinkProcess, log: Log) -> Raw:
-    from bench.cpu import cpu_run
-
-    names = ("none", *SDKS)
-    raw: Raw = {sdk: [] for sdk in names}
-    for run in range(plan.runs):
-        try:
-            results: Raw = cpu_run(rotated(names, run), sink, plan)
-        except (RuntimeError, OSError, ValueError) as exc:
-            log(f"  ! cpu: {exc}")
-            results = {}
-        for sdk in names:
-            result = results.get(sdk)
-            raw[sdk].append(result)
-            if result:
-                log(
-                    f"  run {run + 1} {sdk:9} {result['cpu_us_per_request']:7.1f} µs CPU/request"
-                    f" over {result['requests']} requests"
-                    + ("" if result["all_delivered"] else " (not all events delivered)")
-                )
-    return raw
-
-
 # -- 2 ----------------------------------------------------------------------------------
 
 
 def throughput(plan: Plan, sink: SinkProcess, log: Log) -> Raw:
-    from bench.ceiling import ceiling
+    def measure(sdk: str) -> Raw | None:
+        sink.reset()
+        config = {
+            "sdk": sdk,
+            "url": sink.url,
+            "control": sink.control_url,
+            "events": plan.throughput_events,
+            "timeout_s": plan.throughput_timeout_s,
+        }
+        result = workload("throughput", config, plan.throughput_timeout_s + 30, log)
+        if result is not None:
+            result["sink"] = sink.wait_quiet(0.2, 5.0)
+        return result
+
+    def describe(result: Raw) -> str:
+        stats = result["sink"]
+        seconds = (stats["last_event_ns"] - result["started_ns"]) / 1e9
+        return (
+            f"{stats['events']} events in {seconds:6.2f} s = {stats['events'] / seconds:9,.0f}/s,"
+            f" {stats['requests']} requests, {stats['connections']} connections"
+        )
 
     raw: Raw = {sdk: [] for sdk in SDKS}
     raw["sink_ceiling"] = []
@@ -124,75 +175,76 @@ def throughput(plan: Plan, sink: SinkProcess, log: Log) -> Raw:
             f"  run {run + 1} sink ceiling {limit['events_per_s']:9,.0f}/s"
             f" (its CPU alone: {limit['cpu_events_per_s']:,.0f}/s)"
         )
-        for sdk in rotated(SDKS, run):
-            sink.reset()
-            config = {
-                "sdk": sdk,
-                "url": sink.url,
-                "control": sink.control_url,
-                "events": plan.throughput_events,
-                "timeout_s": plan.throughput_timeout_s,
-            }
-            result: Raw | None = workload("throughput", config, plan.throughput_timeout_s + 30, log)
-            if result is None:
-                raw[sdk].append(None)
-                continue
-            result["sink"] = sink.wait_quiet(0.2, 5.0)
-            raw[sdk].append(result)
-            stats = result["sink"]
-            seconds = (stats["last_event_ns"] - result["started_ns"]) / 1e9
-            log(
-                f"  run {run + 1} {sdk:9} {stats['events']} events in {seconds:6.2f} s"
-                f" = {stats['events'] / seconds:9,.0f}/s, {stats['requests']} requests,"
-                f" {stats['connections']} connections"
-            )
+        one_run(raw, run, rotated(SDKS, run), measure, describe, log)
     return raw
+
+
+def ceiling(sink: SinkProcess, total: int) -> Raw:
+    """The sink's own ceiling: one connection posts the same ready-made 100-event
+    klime_mp batch as fast as the sink answers, no SDK work at all. If an SDK's burst
+    figure comes near this, the sink, not the SDK, bounds it."""
+    from klime_mp import events
+
+    props = {"report_type": "revenue", "eid": "x"}
+    batch = [events.encode_track("Report Generated", props, "usr_1", None) for _ in range(100)]
+    body = b'{"batch":[' + b",".join(batch) + b"]}"
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer bench"}
+    sink.reset()
+    cpu_before = sink.stats()["cpu_ns"]
+    url = urlsplit(sink.url)
+    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=30)
+    started = time.monotonic_ns()
+    try:
+        for _ in range(total // len(batch)):
+            conn.request("POST", "/v1/batch", body, headers)
+            conn.getresponse().read()
+    finally:
+        conn.close()
+    stats = sink.stats()
+    seconds = (stats["last_event_ns"] - started) / 1e9
+    cpu_s = (stats["cpu_ns"] - cpu_before) / 1e9
+    return {
+        "events": stats["events"],
+        "seconds": seconds,
+        "events_per_s": stats["events"] / seconds,  # one connection, request by request
+        "sink_cpu_s": cpu_s,
+        "cpu_events_per_s": stats["events"] / cpu_s,  # were the sink never descheduled
+    }
 
 
 # -- 3 ----------------------------------------------------------------------------------
 
 
 def gunicorn(plan: Plan, sink: SinkProcess, log: Log) -> Raw:
-    names = ("none", *SDKS)
-    raw: Raw = {sdk: [] for sdk in names}
-    for run in range(plan.runs):
-        order = rotated(names, run)
-        try:
-            results: dict[str, Raw] = serve_load(order, sink.url, plan)
-        except (RuntimeError, OSError) as exc:
-            log(f"  ! gunicorn: {exc}")
-            results = {}
-        for sdk in names:
-            result = results.get(sdk)
-            raw[sdk].append(result)
-            if result:
-                log(
-                    f"  run {run + 1} {sdk:9} {result['rps']:7.0f} req/s"
-                    f"  p50 {result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms"
-                    f"  errors {result['errors']}"
-                )
-    return raw
+    measure = functools.partial(serve_load, sink_url=sink.url, plan=plan)
+    return all_apps(plan, "gunicorn", measure, _gunicorn_line, log)
+
+
+def _gunicorn_line(result: Raw) -> str:
+    return (
+        f"{result['rps']:7.0f} req/s  p50 {result['p50_ms']:6.2f} ms"
+        f"  p99 {result['p99_ms']:6.2f} ms  errors {result['errors']}"
+    )
 
 
 # -- 4 ----------------------------------------------------------------------------------
+# Two receivers: the sink (every SDK; counts receipts per ``properties.eid`` and the
+# arrival of marker events) and, for klime_mp and the official klime, the real
+# collector as a cross-check (it de-duplicates by messageId and counts duplicates).
 
 
 def fork(plan: Plan, sink: SinkProcess, log: Log) -> Raw:
-    from bench.forkcount import collector_run, sink_run
-
     raw: Raw = {"sink": {}, "collector": {}}
-    for mode in ("fork", "pool", "preload"):
+    for mode in FORK_MODES:
         raw["sink"][mode] = {sdk: [] for sdk in SDKS}
+        measure = functools.partial(_fork_sink, sink, plan, log, mode)
         for run in range(plan.runs):
-            for sdk in rotated(SDKS, run):
-                outcome = sink_run(mode, sdk, sink, plan, log)
-                raw["sink"][mode][sdk].append(outcome)
-                if outcome:
-                    log(f"  run {run + 1} {mode:7} {sdk:9} {_fork_line(outcome)}")
+            names = rotated(SDKS, run)
+            one_run(raw["sink"][mode], run, names, measure, _fork_line, log, f"{mode:7} ")
         if plan.collector_check:
             raw["collector"][mode] = {}
             for sdk in ("klime_mp", "klime"):
-                outcome = collector_run(mode, sdk, plan, log)
+                outcome = _fork_collector(mode, sdk, plan, log)
                 raw["collector"][mode][sdk] = outcome
                 if outcome:
                     log(f"  collector {mode:7} {sdk:9} {_fork_line(outcome)}")
@@ -208,32 +260,104 @@ def _fork_line(outcome: Raw) -> str:
     )
 
 
+def _fork_run(
+    mode: str, sdk: str, url: str, control: str | None, plan: Plan, log: Log
+) -> Raw | None:
+    """The run itself; returns {"starts_ns": {marker: ns}, "expected": [eid, ...]}."""
+    if mode == "preload":
+        try:
+            return preload_fork(sdk, url, control, plan)
+        except (RuntimeError, OSError) as exc:
+            log(f"  ! preload {sdk}: {exc}")
+            return None
+    config = {
+        "mode": mode,
+        "sdk": sdk,
+        "url": url,
+        "control": control,
+        "parent_events": plan.parent_events,
+        "child_events": plan.child_events,
+        "children": plan.children,
+        "tasks": plan.tasks,
+        "wait_s": plan.wait_s if control else min(plan.wait_s, 1.0),
+        "flush_interval_s": plan.fork_flush_s,
+    }
+    return workload("fork", config, 120, log)
+
+
+def _count(expected: list[str], receipts: Counter[str]) -> Raw:
+    delivered = sum(1 for eid in expected if receipts.get(eid, 0) > 0)
+    duplicated = sum(max(receipts.get(eid, 0) - 1, 0) for eid in expected)
+    return {
+        "expected": len(expected),
+        "delivered": delivered,
+        "lost": len(expected) - delivered,
+        "duplicated": duplicated,
+    }
+
+
+def _fork_sink(sink: SinkProcess, plan: Plan, log: Log, mode: str, sdk: str) -> Raw | None:
+    sink.reset()
+    result = _fork_run(mode, sdk, sink.url, sink.control_url, plan, log)
+    if result is None:
+        return None
+    sink.wait_quiet(0.5, 10.0)  # late senders: exit flushes, retries
+    outcome = _count(result["expected"], Counter(sink.eids()))
+    # The median over the run's markers of (arrival - track()); None if none arrived.
+    arrivals = sink.markers()
+    starts = result["starts_ns"]
+    delays = [(arrivals[m] - t) / 1e6 for m, t in starts.items() if m in arrivals]
+    delay = statistics.median(delays) if delays else None
+    outcome["delivery_ms"] = delay
+    outcome["markers"] = len(starts)
+    # Later than the window the child waited in: it went out only when the process
+    # exited (or the batch filled), not on its own.
+    outcome["at_exit"] = delay is not None and delay > plan.wait_s * 1000
+    return outcome
+
+
+def _fork_collector(mode: str, sdk: str, plan: Plan, log: Log) -> Raw | None:
+    from klime_mp.collector import Collector
+
+    with tempfile.TemporaryDirectory(prefix="bench-collector-") as folder:
+        collector = Collector(db=Path(folder) / "fork.sqlite3").start()
+        try:
+            result = _fork_run(mode, sdk, collector.url, None, plan, log)
+            if result is None:
+                return None
+            stats = settle(collector.stats, lambda s: s.received, 0.5, 10.0)
+            stored = Counter(event.get("properties", {}).get("eid") for event in collector.events())
+        finally:
+            collector.stop()
+    outcome = _count(result["expected"], stored)
+    # The collector keeps one copy per messageId: a resent event shows up here.
+    outcome["duplicated"] += stats.duplicates
+    outcome["received"] = stats.received
+    outcome["delivery_ms"] = None
+    return outcome
+
+
 # -- 5 ----------------------------------------------------------------------------------
 
 
 def memory(plan: Plan, down: RefusedPort, log: Log) -> Raw:
+    def measure(sdk: str) -> Raw | None:
+        # The official SDK sends in the caller's thread once max_batch_size events
+        # wait: its queue never holds 10,000 events.
+        growth = sdk != "klime"
+        config = {"sdk": sdk, "url": down.url, "events": plan.memory_events, "queue_growth": growth}
+        return workload("memory", config, 120, log)
+
+    def describe(result: Raw) -> str:
+        growth = "n/a"
+        if result["full_rss"] is not None:
+            per_10k = (result["full_rss"] - result["idle_rss"]) / (plan.memory_events / 1e4)
+            growth = f"{per_10k / 2**20:6.2f} MiB"
+        return f"idle {result['idle_rss'] / 2**20:6.1f} MiB  growth per 10k events {growth}"
+
     raw: Raw = {sdk: [] for sdk in SDKS}
     for run in range(plan.runs):
-        for sdk in rotated(SDKS, run):
-            config = {
-                "sdk": sdk,
-                "url": down.url,
-                "events": plan.memory_events,
-                # The official SDK sends in the caller's thread once max_batch_size
-                # events wait: its queue never holds 10,000 events.
-                "queue_growth": sdk != "klime",
-            }
-            result = workload("memory", config, 120, log)
-            raw[sdk].append(result)
-            if result:
-                growth = "n/a"
-                if result["full_rss"] is not None:
-                    per_10k = (result["full_rss"] - result["idle_rss"]) / (plan.memory_events / 1e4)
-                    growth = f"{per_10k / 2**20:6.2f} MiB"
-                log(
-                    f"  run {run + 1} {sdk:9} idle {result['idle_rss'] / 2**20:6.1f} MiB"
-                    f"  growth per 10k events {growth}"
-                )
+        one_run(raw, run, rotated(SDKS, run), measure, describe, log)
     return raw
 
 

@@ -21,6 +21,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from bench.control import wait_until
+
 EVENT = "Report Generated"
 USER = "usr_1"
 GROUP = "org_1"
@@ -35,6 +37,7 @@ LABELS = {
     "segment": "Segment analytics-python",
     "posthog": "PostHog",
     "none": "no SDK",
+    "floor": "harness floor (empty call)",
 }
 
 Call = Callable[..., Any]  # called as call(properties={...})
@@ -47,10 +50,18 @@ class Settings:
     batch_size: int | None = None
     flush_interval_s: float | None = None
 
+    def options(self, queue: str, batch: str, interval: str, in_ms: bool = False) -> dict[str, Any]:
+        """The settings under one SDK's option names; unset ones left out (its default)."""
+        seconds = self.flush_interval_s
+        every = round(seconds * 1000) if in_ms and seconds is not None else seconds
+        named = {queue: self.queue_size, batch: self.batch_size, interval: every}
+        return {name: value for name, value in named.items() if value is not None}
+
 
 class Adapter:
-    name = ""
-    default_queue_size = 0
+    """One SDK's client; ``queued()`` reads a ``queue.Queue`` unless overridden."""
+
+    default_queue_size = 10000
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -60,11 +71,8 @@ class Adapter:
     def flush(self, timeout: float) -> None:
         raise NotImplementedError
 
-    def shutdown(self) -> None:
-        raise NotImplementedError
-
     def queued(self) -> int:
-        raise NotImplementedError
+        return int(self.client.queue.qsize())
 
     @property
     def queue_limit(self) -> int:
@@ -75,13 +83,11 @@ def _noop(properties: dict[str, Any] | None = None) -> None:
     return None
 
 
-def _ms(seconds: float | None) -> int | None:
-    return None if seconds is None else round(seconds * 1000)
+# klime_mp keeps the official SDK's option names (milliseconds for the interval).
+KLIME_OPTIONS = {"queue": "max_queue_size", "batch": "max_batch_size", "interval": "flush_interval"}
 
 
 class KlimeMp(Adapter):
-    name = "klime_mp"
-    default_queue_size = 10000
     spool = False  # the durable spool (KlimeMpSpool): every event written to disk too
 
     def __init__(self, settings: Settings) -> None:
@@ -93,30 +99,23 @@ class KlimeMp(Adapter):
         self.client = KlimeClient(
             WRITE_KEY,
             endpoint=settings.url,
-            max_queue_size=settings.queue_size,
-            max_batch_size=settings.batch_size,
-            flush_interval=_ms(settings.flush_interval_s),
             spool_dir=tempfile.mkdtemp(prefix="klime-bench-spool-") if self.spool else None,
+            **settings.options(**KLIME_OPTIONS, in_ms=True),
         )
         self.call = functools.partial(self.client.track, EVENT, user_id=USER, group_id=GROUP)
 
     def flush(self, timeout: float) -> None:
         self.client.flush(timeout)
 
-    def shutdown(self) -> None:
-        self.client.shutdown()
-
     def queued(self) -> int:
         return int(self.client.queue_size())
 
 
 class KlimeMpSpool(KlimeMp):
-    name = "klime_mp_spool"
     spool = True
 
 
 class Klime(Adapter):
-    name = "klime"
     default_queue_size = 1000
 
     def __init__(self, settings: Settings) -> None:
@@ -124,82 +123,45 @@ class Klime(Adapter):
         from klime import KlimeClient  # type: ignore[import-untyped]  # no py.typed
 
         self.client = KlimeClient(
-            WRITE_KEY,
-            endpoint=settings.url,
-            max_queue_size=settings.queue_size,
-            max_batch_size=settings.batch_size,
-            flush_interval=_ms(settings.flush_interval_s),
+            WRITE_KEY, endpoint=settings.url, **settings.options(**KLIME_OPTIONS, in_ms=True)
         )
         self.call = functools.partial(self.client.track, EVENT, user_id=USER, group_id=GROUP)
 
     def flush(self, timeout: float) -> None:
         # flush() returns at once while its timer thread is flushing: wait for that too.
         self.client.flush()
-        _wait(lambda: self.client.queue_size() == 0, timeout)
-
-    def shutdown(self) -> None:
-        self.client.shutdown()
+        wait_until(lambda: self.client.queue_size() == 0, timeout)
 
     def queued(self) -> int:
         return int(self.client.queue_size())
 
 
 class Segment(Adapter):
-    name = "segment"
-    default_queue_size = 10000
-
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         from segment.analytics import Client  # type: ignore[import-untyped]  # no py.typed
 
-        options: dict[str, Any] = {"host": settings.url}
-        if settings.queue_size is not None:
-            options["max_queue_size"] = settings.queue_size
-        if settings.batch_size is not None:
-            options["upload_size"] = settings.batch_size
-        if settings.flush_interval_s is not None:
-            options["upload_interval"] = settings.flush_interval_s
-        self.client = Client(WRITE_KEY, **options)
+        options = settings.options("max_queue_size", "upload_size", "upload_interval")
+        self.client = Client(WRITE_KEY, host=settings.url, **options)
         self.call = functools.partial(self.client.track, USER, EVENT, context={"groupId": GROUP})
 
     def flush(self, timeout: float) -> None:
         self.client.flush()  # queue.join(): returns when every item was uploaded
 
-    def shutdown(self) -> None:
-        self.client.shutdown()
-
-    def queued(self) -> int:
-        return int(self.client.queue.qsize())
-
 
 class PostHog(Adapter):
-    name = "posthog"
-    default_queue_size = 10000
-
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         from posthog import Posthog
 
-        options: dict[str, Any] = {"host": settings.url}
-        if settings.queue_size is not None:
-            options["max_queue_size"] = settings.queue_size
-        if settings.batch_size is not None:
-            options["flush_at"] = settings.batch_size
-        if settings.flush_interval_s is not None:
-            options["flush_interval"] = settings.flush_interval_s
-        self.client = Posthog(WRITE_KEY, **options)
+        options = settings.options("max_queue_size", "flush_at", "flush_interval")
+        self.client = Posthog(WRITE_KEY, host=settings.url, **options)
         self.call = functools.partial(
             self.client.capture, EVENT, distinct_id=USER, groups={"company": GROUP}
         )
 
     def flush(self, timeout: float) -> None:
         self.client.flush(timeout_seconds=timeout)
-
-    def shutdown(self) -> None:
-        self.client.shutdown()
-
-    def queued(self) -> int:
-        return int(self.client.queue.qsize())
 
 
 ADAPTERS: dict[str, type[Adapter]] = {
@@ -236,14 +198,3 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError:
             found[dist] = "not installed"
     return found
-
-
-def _wait(done: Callable[[], bool], timeout: float) -> bool:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.01)
-    return True

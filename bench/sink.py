@@ -168,66 +168,47 @@ async def _serve_connection(
         writer.close()
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.tally = Tally()
+def _control(tally: Tally, method: str, target: str) -> tuple[int, bytes]:
+    url = urlsplit(target)
+    if url.path == "/reset" and method == "POST":
+        tally.reset()
+        return 200, OK_BODY
+    if url.path == "/marker":
+        name = parse_qs(url.query).get("m", [""])[0]
+        return 200, json.dumps({"ns": tally.markers.get(name)}).encode()
+    if url.path == "/stats":
+        return 200, json.dumps(tally.snapshot()).encode()
+    if url.path == "/markers":
+        return 200, json.dumps(tally.markers).encode()
+    if url.path == "/eids":
+        return 200, json.dumps(tally.eids).encode()
+    return 404, b'{"error":"no such endpoint"}'
 
-    def data(
-        self, method: str, target: str, headers: dict[str, str], body: bytes
-    ) -> tuple[int, bytes]:
-        self.tally.record(urlsplit(target).path, headers, body)
+
+async def _main(host: str = "127.0.0.1") -> None:
+    tally = Tally()
+
+    def data(method: str, target: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+        tally.record(urlsplit(target).path, headers, body)
         return 200, OK_BODY
 
-    def control(
-        self, method: str, target: str, headers: dict[str, str], body: bytes
-    ) -> tuple[int, bytes]:
-        url = urlsplit(target)
-        if url.path == "/stats":
-            return 200, json.dumps(self.tally.snapshot()).encode()
-        if url.path == "/reset" and method == "POST":
-            self.tally.reset()
-            return 200, OK_BODY
-        if url.path == "/marker":
-            name = parse_qs(url.query).get("m", [""])[0]
-            return 200, json.dumps({"ns": self.tally.markers.get(name)}).encode()
-        if url.path == "/markers":
-            return 200, json.dumps(self.tally.markers).encode()
-        if url.path == "/eids":
-            return 200, json.dumps(dict(self.tally.eids)).encode()
-        return 404, b'{"error":"no such endpoint"}'
+    async def on_data(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        tally.connections += 1
+        await _serve_connection(reader, writer, data)
 
-    async def serve(self, host: str) -> tuple[asyncio.Server, asyncio.Server]:
-        async def on_data(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            self.tally.connections += 1
-            await _serve_connection(reader, writer, self.data)
+    async def on_control(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _serve_connection(reader, writer, lambda m, t, h, b: _control(tally, m, t))
 
-        async def on_control(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await _serve_connection(reader, writer, self.control)
-
-        data = await asyncio.start_server(on_data, host, 0, limit=MAX_HEAD_BYTES, backlog=1024)
-        control = await asyncio.start_server(on_control, host, 0, limit=MAX_HEAD_BYTES)
-        return data, control
-
-
-def _port(server: asyncio.Server) -> int:
-    port: int = server.sockets[0].getsockname()[1]
-    return port
-
-
-async def _main(host: str) -> None:
-    sink = Sink()
-    data, control = await sink.serve(host)
-    print(
-        json.dumps(
-            {"data": f"http://{host}:{_port(data)}", "control": f"http://{host}:{_port(control)}"}
-        ),
-        flush=True,
-    )
-    loop = asyncio.get_running_loop()
+    servers = {
+        "data": await asyncio.start_server(on_data, host, 0, limit=MAX_HEAD_BYTES, backlog=1024),
+        "control": await asyncio.start_server(on_control, host, 0, limit=MAX_HEAD_BYTES),
+    }
+    ports = {name: server.sockets[0].getsockname()[1] for name, server in servers.items()}
+    print(json.dumps({name: f"http://{host}:{port}" for name, port in ports.items()}), flush=True)
     # Serve until the parent closes our stdin (or dies): no orphaned sinks.
-    await loop.run_in_executor(None, sys.stdin.read)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     os._exit(0)  # nothing to flush; skips cancelling the connections' tasks one by one
 
 
 if __name__ == "__main__":
-    asyncio.run(_main(sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1"))
+    asyncio.run(_main())

@@ -18,14 +18,14 @@ import argparse
 import http.client
 import json
 import statistics
-import subprocess
-import sys
 import time
+from importlib.metadata import version
 from typing import Callable
 from urllib.parse import urlsplit
 
 import urllib3
 
+from bench.control import SinkProcess
 from klime_mp.options import build_options
 from klime_mp.transport import Transport
 
@@ -59,7 +59,7 @@ def variants(url: str, body: bytes) -> dict[str, Callable[[], object]]:
     transport = Transport(build_options("k", url))
     return {
         "http.client": with_http_client,
-        f"urllib3 {urllib3.__version__} pool": lambda: pool.urlopen(
+        f"urllib3 {version('urllib3')} pool": lambda: pool.urlopen(
             "POST", "/v1/batch", body=body, headers=HEADERS, retries=False
         ),
         "klime_mp Transport": lambda: transport.post(body, 10.0),
@@ -67,14 +67,9 @@ def variants(url: str, body: bytes) -> dict[str, Callable[[], object]]:
 
 
 def measure(posts: int, rounds: int) -> dict[str, list[float]]:
-    sink = subprocess.Popen(
-        [sys.executable, "-m", "bench.sink"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
+    sink = SinkProcess()
     try:
-        assert sink.stdout is not None
-        url = json.loads(sink.stdout.readline())["data"]
-        body = batch_body()
-        cases = variants(url, body)
+        cases = variants(sink.url, batch_body())
         for post in cases.values():  # connect and warm up
             for _ in range(200):
                 post()
@@ -87,9 +82,7 @@ def measure(posts: int, rounds: int) -> dict[str, list[float]]:
                 results[name].append((time.process_time() - started) / posts * 1e6)
         return results
     finally:
-        assert sink.stdin is not None
-        sink.stdin.close()
-        sink.wait(10)
+        sink.stop()
 
 
 def main() -> None:

@@ -1,7 +1,9 @@
-"""Gunicorn runs: request rate and latency per SDK (part 3), and --preload (part 4)."""
+"""Gunicorn runs: CPU per event (part 0), request rate and latency per SDK (part 3),
+and --preload (part 4)."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import importlib.util
 import os
@@ -10,15 +12,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
-from bench.control import ROOT, free_port, get_json
-from bench.loadgen import Load, run_python
+from bench.control import ROOT, SinkClient, SinkProcess, free_port, wait_until
+from bench.loadgen import run_python
+from bench.plan import Plan
 
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 40.0
+DELIVERY_TIMEOUT_S = 30.0
 
 
 class Gunicorn:
@@ -54,25 +59,13 @@ class Gunicorn:
         environment = {**os.environ, "BENCH_SDK": sdk, "BENCH_URL": url, **(env or {})}
         self._proc = subprocess.Popen(command, cwd=ROOT, env=environment)
 
-    def __enter__(self) -> Gunicorn:
-        self.wait_ready()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"gunicorn exited at start:\n{self.log()}")
             try:
-                if get(self.url, "/health") == 200:
+                if get(self.url, "/health")[0] == 200:
                     return
             except OSError:
                 pass
@@ -96,57 +89,77 @@ class Gunicorn:
         return Path(self._log.name).read_text(errors="replace")[-4000:]
 
 
-def get(base: str, path: str) -> int:
-    parts = base.split(":")
-    conn = http.client.HTTPConnection("127.0.0.1", int(parts[-1]), timeout=10)
+def get(base: str, path: str) -> tuple[int, bytes]:
+    url = urlsplit(base)
+    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=10)
     try:
         conn.request("GET", path)
         reply = conn.getresponse()
-        reply.read()
-        return reply.status
+        return reply.status, reply.read()
     finally:
         conn.close()
 
 
-def _wait_for_markers(control: str, markers: list[str], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        arrived = get_json(f"{control}/markers")
-        if all(marker in arrived for marker in markers):
-            return
-        time.sleep(0.02)
+@contextlib.contextmanager
+def running(names: list[str], sink_url: str, workers: int) -> Iterator[list[Gunicorn]]:
+    """One gunicorn per app (``none``: no SDK), all ready, all stopped afterwards."""
+    servers: list[Gunicorn] = []
+    try:
+        servers.extend(Gunicorn(name, sink_url, workers) for name in names)
+        for server in servers:
+            server.wait_ready()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
 
 
-def serve_load(names: list[str], sink_url: str, plan: Any) -> dict[str, dict[str, Any]]:
+def cpu_run(names: list[str], sink: SinkProcess, plan: Plan) -> dict[str, dict[str, Any]]:
+    """Part 0: each app's worker CPU per request over ``plan.cpu_requests``.
+
+    One sync worker per app (``-w 1``, so every request lands in the process measured).
+    The worker's process CPU time (all its threads: the request, the ``track()`` call
+    and the SDK's sender) is read through ``GET /cpu`` before and after the load, and
+    the read after waits until the sink has every event the load tracked, so the
+    sending is paid for inside the window. All apps run at once and take the load in
+    turns (``plan.slices`` slices each), so a burst of noise lands on every app alike.
+    Every SDK runs as an operator would run it: its own batch size and flush interval."""
+    with running(names, sink.url, 1) as servers:
+        targets = [f"{server.url}/" for server in servers]
+        run_python(targets, plan.cpu_warmup, plan.cpu_concurrency, 1)
+        sink.wait_quiet(0.6, 10.0)  # the warm-up's events are out of the window
+        sink.reset()
+        before = [int(get(server.url, "/cpu")[1]) for server in servers]
+        loads = run_python(targets, plan.cpu_requests, plan.cpu_concurrency, plan.slices)
+        served = [load["requests"] - load["errors"] for load in loads]
+        tracked = sum(n for name, n in zip(names, served) if name != "none")
+        sink.wait_events(tracked, DELIVERY_TIMEOUT_S, poll=0.05)
+        after = [int(get(server.url, "/cpu")[1]) for server in servers]
+        delivered = sink.stats()["events"]
+    return {
+        name: {
+            "requests": n,
+            "cpu_us_per_request": (end - start) / 1000 / max(n, 1),
+            "all_delivered": delivered >= tracked,
+        }
+        for name, n, start, end in zip(names, served, before, after)
+    }
+
+
+def serve_load(names: list[str], sink_url: str, plan: Plan) -> dict[str, dict[str, Any]]:
     """Part 3: one gunicorn per SDK (and one without), all running, loaded in turn.
 
     Only one app is under load at any moment; the others sit idle (their SDK threads
     asleep); the apps take turns in short slices (see ``bench.loadgen``)."""
-    servers: list[Gunicorn] = []
-    try:
-        servers.extend(Gunicorn(name, sink_url, plan.gunicorn_workers) for name in names)
-        for server in servers:
-            server.wait_ready()
+    with running(names, sink_url, plan.gunicorn_workers) as servers:
         targets = [f"{server.url}/" for server in servers]
         run_python(targets, plan.warmup_requests, plan.concurrency, 1)
         loads = run_python(targets, plan.requests, plan.concurrency, plan.slices)
-    finally:
-        for server in servers:
-            server.stop()
-    return {name: _load_result(load) for name, load in zip(names, loads)}
+    keys = ("rps", "p50_ms", "p99_ms", "requests", "errors")
+    return {name: {key: load[key] for key in keys} for name, load in zip(names, loads)}
 
 
-def _load_result(load: Load) -> dict[str, Any]:
-    return {
-        "rps": load.rps,
-        "p50_ms": load.p50_ms,
-        "p99_ms": load.p99_ms,
-        "requests": load.requests,
-        "errors": load.errors,
-    }
-
-
-def preload_fork(sdk: str, url: str, control: str | None, plan: Any) -> dict[str, Any]:
+def preload_fork(sdk: str, url: str, control: str | None, plan: Plan) -> dict[str, Any]:
     """Part 4, gunicorn --preload: the master tracks events before forking its workers;
     each request then tracks one. The first requests carry markers and, as the fork
     children do, the run waits up to ``plan.wait_s`` for them to arrive before sending
@@ -155,6 +168,7 @@ def preload_fork(sdk: str, url: str, control: str | None, plan: Any) -> dict[str
     server = Gunicorn(sdk, url, plan.fork_workers, preload=True, env=env)
     try:
         server.wait_ready()
+        sink = SinkClient(control) if control else None  # None: nothing to wait on
         starts: dict[str, int] = {}
         expected = [f"p-{i}" for i in range(plan.parent_events)]
         for k in range(plan.preload_requests):
@@ -162,10 +176,10 @@ def preload_fork(sdk: str, url: str, control: str | None, plan: Any) -> dict[str
             marker = f"&marker=r{k}" if k < plan.fork_workers else ""
             if marker:
                 starts[f"r{k}"] = time.monotonic_ns()
-            if get(server.url, f"/track?eid={eid}{marker}") == 200:
+            if get(server.url, f"/track?eid={eid}{marker}")[0] == 200:
                 expected.append(eid)
-            if control and k == plan.fork_workers - 1:
-                _wait_for_markers(control, list(starts), plan.wait_s)
+            if sink is not None and k == plan.fork_workers - 1:
+                wait_until(lambda: starts.keys() <= sink.markers().keys(), plan.wait_s, poll=0.02)
     finally:
         stop_s = server.stop()
     return {"starts_ns": starts, "expected": expected, "stop_s": stop_s}

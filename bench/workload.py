@@ -13,15 +13,17 @@ from __future__ import annotations
 import bisect
 import gc
 import json
+import multiprocessing
 import os
 import resource
 import sys
 import threading
 import time
 from array import array
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, NoReturn
 
-from bench.control import SinkClient
+from bench.control import SinkClient, get_json, wait_until
 from bench.sdks import Adapter, Settings, make
 from bench.stats import LATENCY_LEVELS, percentile
 
@@ -276,6 +278,101 @@ def _per_call(function: Callable[[], Any], calls: int = 200_000) -> float:
     return best
 
 
+# -- 4. fork ------------------------------------------------------------------------
+# The parent tracks ``parent_events`` events (queued, not yet sent) and then forks:
+#
+# * ``fork``: ``children`` processes from ``os.fork()``; each tracks a marker event,
+#   waits up to ``wait_s`` for it to arrive, tracks ``child_events`` more and leaves
+#   through a normal interpreter exit (``sys.exit``: atexit hooks run).
+# * ``pool``: a ``multiprocessing`` fork-context pool of ``children`` workers runs
+#   ``tasks`` tasks doing the same; pool workers leave through ``os._exit`` after
+#   multiprocessing's finalizers, never running atexit.
+#
+# The parent then leaves through a normal exit too. Every event carries a unique
+# ``properties.eid``, so whoever receives them (the sink or the real collector) tells
+# delivered, lost and duplicated events apart; markers give the time from a child's
+# first track() to its arrival. The gunicorn --preload mode is in bench.under_gunicorn.
+
+_forked: dict[str, Any] = {}  # the parent's SDK and config, inherited by the children
+
+
+def _track(eid: str, marker: str | None = None) -> None:
+    props: dict[str, Any] = {"report_type": "revenue", "eid": eid}
+    if marker is not None:
+        props["marker"] = marker
+    _forked["sdk"].call(properties=props)
+
+
+def _arrived(marker: str) -> bool:
+    control = _forked["config"].get("control")
+    return bool(control) and get_json(f"{control}/marker?m={marker}", 5)["ns"] is not None
+
+
+def _child_work(tag: str) -> int:
+    """A child's life: marker, wait for it (bounded), the rest. Returns the marker's
+    track() time (time.monotonic_ns)."""
+    config = _forked["config"]
+    started = time.monotonic_ns()
+    _track(f"{tag}-0", marker=tag)
+    wait_until(lambda: _arrived(tag), config["wait_s"], poll=0.02)
+    for i in range(1, config["child_events"] + 1):
+        _track(f"{tag}-{i}")
+    return started
+
+
+def _pool_task(k: int) -> tuple[str, int]:
+    tag = f"t{k}"
+    return tag, _child_work(tag)
+
+
+def _fork_child(tag: str, folder: Path) -> None:
+    try:
+        started = _child_work(tag)
+        (folder / f"{tag}.start").write_text(str(started))
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        os._exit(1)
+    # A normal interpreter exit, as a forked script that simply ends would take.
+    sys.exit(0)
+
+
+def fork(config: Config, out: str) -> NoReturn:
+    settings = Settings(url=config["url"], flush_interval_s=config["flush_interval_s"])
+    _forked.update(config=config, sdk=make(config["sdk"], settings))
+    for i in range(config["parent_events"]):
+        _track(f"p-{i}")
+    tag = "f" if config["mode"] == "fork" else "t"
+    count = config["children"] if config["mode"] == "fork" else config["tasks"]
+    starts: dict[str, int] = {}
+    if config["mode"] == "fork":
+        folder = Path(out).parent
+        pids = []
+        for k in range(count):
+            pid = os.fork()
+            if pid == 0:
+                _fork_child(f"f{k}", folder)
+            pids.append(pid)
+        for k, pid in enumerate(pids):
+            os.waitpid(pid, 0)
+            path = folder / f"f{k}.start"
+            if path.exists():
+                starts[f"f{k}"] = int(path.read_text())
+    else:
+        pool = multiprocessing.get_context("fork").Pool(config["children"])
+        starts = dict(pool.map(_pool_task, range(count), chunksize=1))
+        pool.close()
+        pool.join()
+    # Every eid the run should deliver exactly once (parent's and children's).
+    expected = [f"p-{i}" for i in range(config["parent_events"])]
+    for k in range(count):
+        expected.extend(f"{tag}{k}-{i}" for i in range(config["child_events"] + 1))
+    write_result(out, {"starts_ns": starts, "expected": expected})
+    # The parent leaves like an application does: a normal exit, exit hooks and all.
+    sys.exit(0)
+
+
 SCENARIOS: dict[str, Callable[[Config, str], Result]] = {
     "latency": latency,
     "throughput": throughput,
@@ -287,10 +384,7 @@ SCENARIOS: dict[str, Callable[[Config, str], Result]] = {
 def main(argv: list[str]) -> None:
     scenario, config, out = argv
     if scenario == "fork":
-        from bench.forking import run_fork_workload
-
-        run_fork_workload(json.loads(config), out)  # leaves through a normal exit
-        return
+        fork(json.loads(config), out)  # leaves through a normal exit
     result = SCENARIOS[scenario](json.loads(config), out)
     write_result(out, result)
     sys.stdout.flush()

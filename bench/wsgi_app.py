@@ -6,9 +6,6 @@ environment, for the Gunicorn runs (parts 3 and 4).
 ``BENCH_SDK=none`` is the no-SDK baseline. ``BENCH_PARENT_EVENTS=N`` tracks N events at
 import, which under ``--preload`` happens in the master before it forks the workers.
 ``GET /track?eid=ID&marker=NAME`` tags the request's event for the fork counts.
-
-(The project's example app in examples/gunicorn_app/ did not exist when this was
-written; this one does what the benchmark needs and nothing else.)
 """
 
 from __future__ import annotations
