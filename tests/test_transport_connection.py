@@ -32,7 +32,7 @@ from conftest import CollectorProcess
 
 from klime_mp.delivery import Deliverer
 from klime_mp.options import build_options
-from klime_mp.transport import Attempt, Transport, ca_bundle
+from klime_mp.transport import Attempt, Transport, _chain, ca_bundle
 
 KEY = "sk_key_1234"
 BODY = b'{"batch":[{"type":"track"}]}'
@@ -661,7 +661,46 @@ def test_an_error_that_quotes_a_header_has_every_credential_removed(
     assert failed.error.startswith("ProtocolError (ValueError: ")
     for secret in (KEY, "pw_secret", _b64("user:pw_secret")):
         assert secret not in failed.error
+    assert "Basic [redacted]" in failed.error  # what stands in their place
     proxy.close()
+
+
+# The error a failed attempt reports is the one at the end of urllib3's wrappers: how
+# they are linked differs between its versions (an attribute, an argument, a cause).
+
+
+def test_the_error_chain_follows_reason_then_arguments() -> None:
+    reset = ConnectionResetError(104, "Connection reset by peer")
+    aborted = urllib3.exceptions.ProtocolError("Connection aborted.", reset)
+    retried = urllib3.exceptions.MaxRetryError(None, "/v1/batch", reason=aborted)  # type: ignore[arg-type]
+    assert _chain(retried) == [retried, aborted, reset]
+
+
+def test_the_error_chain_follows_the_cause_or_the_context() -> None:
+    refused = ConnectionRefusedError(111, "Connection refused")
+    raised_from = urllib3.exceptions.HTTPError("urllib3 2 raises from the cause")
+    raised_from.__cause__ = refused
+    raised_in = urllib3.exceptions.HTTPError("urllib3 1.26 raises in the except block")
+    raised_in.__context__ = refused
+    assert _chain(raised_from) == [raised_from, refused]
+    assert _chain(raised_in) == [raised_in, refused]
+
+
+def test_the_error_chain_ends_at_the_first_error_urllib3_did_not_raise() -> None:
+    earlier = ValueError("handled before the reset")
+    reset = ConnectionResetError(104, "Connection reset by peer")
+    reset.__context__ = earlier  # not urllib3's: not followed
+    aborted = urllib3.exceptions.ProtocolError("Connection aborted.", reset)
+    alone = urllib3.exceptions.HTTPError("nothing inside")
+    assert _chain(aborted) == [aborted, reset]
+    assert _chain(alone) == [alone]
+
+
+def test_the_error_chain_is_cut_at_8_links() -> None:
+    links = [urllib3.exceptions.HTTPError(f"wrapper {n}") for n in range(12)]
+    for outer, inner in zip(links, links[1:]):
+        outer.__cause__ = inner
+    assert _chain(links[0]) == links[:8]
 
 
 # -- timeouts --------------------------------------------------------------------------------
