@@ -121,9 +121,13 @@ def bare_gunicorn_argv(
 ) -> list[str]:
     argv = [sys.executable, "-m", "gunicorn", "--bind", f"{HOST}:{port}"]
     argv += ["--workers", str(workers), "--chdir", str(chdir or example_dir()), *GUNICORN_FAST]
-    if "control_socket_disable" in gunicorn_settings():
-        argv.append("--no-control-socket")  # one shared default path: parallel runs clash
-    return [*argv, *options, app]
+    return [*argv, *no_control_socket(), *options, app]
+
+
+def no_control_socket() -> list[str]:
+    """Gunicorn's control socket off, where the installed Gunicorn has one (24 and
+    later; Python 3.9 gets 23): its default path is shared, so parallel runs clash."""
+    return ["--no-control-socket"] if "control_socket_disable" in gunicorn_settings() else []
 
 
 def uvicorn_argv(

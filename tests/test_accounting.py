@@ -22,6 +22,7 @@ import pytest
 from klime_mp import KlimeClient
 from klime_mp.collector import Collector
 from klime_mp.collector.faults import FaultPlan
+from tests.servers import no_control_socket
 
 APP = textwrap.dedent("""
     import json, os
@@ -93,7 +94,7 @@ def test_gunicorn_exit_budget_reports_what_a_slow_server_could_not_take(
     )
     argv = [sys.executable, "-m", "gunicorn", "-c", "python:klime_mp.gunicorn_conf"]
     argv += ["--bind", f"127.0.0.1:{port}", "--workers", "2", "--graceful-timeout", "2"]
-    argv += ["--chdir", str(tmp_path), "--no-control-socket", "slowapp:app"]
+    argv += ["--chdir", str(tmp_path), *no_control_socket(), "slowapp:app"]
     log = (tmp_path / "gunicorn.log").open("w")
     server = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:

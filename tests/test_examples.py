@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from klime_mp.demo import HOST, ServerProcess, gunicorn_settings
+from klime_mp.demo import HOST, ServerProcess
 from tests.conftest import CollectorProcess
+from tests.servers import no_control_socket
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -63,7 +64,7 @@ class Browser:
 
 
 def gunicorn(example: str, app: str, *options: str, tmp_path: Path, endpoint: str) -> ServerProcess:
-    extra = ["--no-control-socket"] if "control_socket_disable" in gunicorn_settings() else []
+    extra = no_control_socket()
 
     def argv(port: int) -> list[str]:
         return [

@@ -18,6 +18,7 @@ import pytest
 
 from klime_mp import KlimeClient
 from tests.conftest import CollectorProcess
+from tests.servers import no_control_socket
 
 APP = textwrap.dedent("""
     import os
@@ -67,7 +68,7 @@ def test_gunicorn_workers_sigkilled_mid_run_lose_no_event(
     )
     argv = [sys.executable, "-m", "gunicorn", "-c", "python:klime_mp.gunicorn_conf"]
     argv += ["--bind", f"127.0.0.1:{port}", "--workers", "2", "--graceful-timeout", "10"]
-    argv += ["--chdir", str(tmp_path), "--no-control-socket", "spoolapp:app"]
+    argv += ["--chdir", str(tmp_path), *no_control_socket(), "spoolapp:app"]
     log = (tmp_path / "gunicorn.log").open("w")
     server = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
     killed: set[int] = set()
