@@ -190,6 +190,7 @@ def _after_fork_in_child() -> None:
 def _flush_at_exit(budget: float | None = None) -> None:
     global exit_flushed_pid, _exit_flush_running
     exit_flushed_pid = _exit_flush_running = getpid()
+    hosts.prepare_exit_send()
     try:
         shut_down_owned(budget)
     finally:

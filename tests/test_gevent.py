@@ -89,6 +89,37 @@ PROBE = textwrap.dedent(
 )
 
 
+# A gevent process whose only event is sent by the exit flush, on a connection it has
+# not opened yet: what a Gunicorn gevent worker that served one request does at exit.
+FIRST_CONNECTION_AT_EXIT = textwrap.dedent(
+    """
+    from gevent import monkey
+    monkey.patch_all()
+
+    import sys
+    import klime_mp
+
+    klime_mp.configure("key", endpoint=sys.argv[1], flush_interval=600_000)
+    klime_mp.track("Only Event", user_id="usr_1")
+    """
+)
+
+
+def test_the_exit_flush_opens_its_first_connection_under_gevent(collector: Collector) -> None:
+    # gevent resolves a host (even 127.0.0.1) in a native thread pool, and Python 3.12
+    # starts no thread at interpreter shutdown: the exit flush must resolve without one.
+    result = subprocess.run(
+        [sys.executable, "-c", FIRST_CONNECTION_AT_EXIT, collector.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "lost" not in result.stderr, result.stderr
+    assert collector.wait_for(1, 10), result.stderr
+    assert [event["event"] for event in collector.events()] == ["Only Event"]
+
+
 def test_track_never_yields_and_every_event_arrives_in_order(collector: Collector) -> None:
     result = subprocess.run(
         [sys.executable, "-c", PROBE, collector.url, str(GREENLETS), str(EVENTS_EACH)],
