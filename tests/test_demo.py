@@ -165,7 +165,8 @@ def test_help_describes_each_command_in_plain_text() -> None:
     assert "./klime-collector.sqlite3" in collector_help  # where events go without --db
     demo_help = help_text("demo")
     assert "delivered, lost and duplicated" in demo_help
-    assert "{gunicorn,uwsgi" in demo_help
+    assert "{" + ",".join(launchers.names()) + "}" in demo_help  # every launcher, sorted
+    assert {"celery", "gunicorn", "uwsgi"} <= set(launchers.names())
 
 
 def test_demo_kills_a_worker_with_sigkill_and_still_loses_nothing() -> None:
