@@ -5,15 +5,17 @@ One job per file:
 - ``cli``: the command's options and the run (collector, server, load, stop, report);
 - ``server``: a server process in its own session, started on a free port and stopped
   gracefully (server-agnostic);
-- ``launchers/``: one module per server (``gunicorn``, ``uwsgi``); a new server is one
-  new file there;
+- ``session``: a helper process without HTTP (Redis, a Celery worker), the same way;
+- ``launchers/``: one module per server (``celery``, ``gunicorn``, ``uvicorn``,
+  ``uwsgi``); a new server is one new file there;
 - ``load``: the HTTP load driver and its progress bar;
 - ``report``: what reached the collector, and the verdict per server and per worker;
-- ``example_app/``: the instrumented WSGI app and its Gunicorn and uWSGI configs,
-  shipped as package data so the demo runs from an installed wheel
-  (``examples/gunicorn_app`` in a checkout links here).
+- ``example_app/``: the instrumented WSGI app, its ASGI version, its Celery tasks and
+  their HTTP front, and the Gunicorn and uWSGI configs, shipped as package data so the
+  demo runs from an installed wheel (``examples/gunicorn_app`` in a checkout links here).
 
-The server tests use these parts too. Gunicorn is imported only when the demo runs.
+The server tests use these parts too. A server's package is imported only when the
+demo runs it.
 """
 
 from __future__ import annotations

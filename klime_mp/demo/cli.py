@@ -111,7 +111,7 @@ def _run_one(
             killed = None
             if args.kill and total >= 2:
                 first = drive(server.url, total // 2, args.concurrency, progress)
-                killed = _kill_a_worker(first)
+                killed = _kill_a_worker(first, server.worker_pids())
                 rest = drive(
                     server.url,
                     total - total // 2,
@@ -134,15 +134,21 @@ def _run_one(
     return outcome_of(name, load, got, killed)
 
 
-def _kill_a_worker(load: LoadResult) -> int | None:
-    """SIGKILL the busiest worker so far, as the OOM killer would: what it had queued
-    and not sent is on disk, and a sibling (or its replacement) sends it."""
-    if not load.requests_by_pid:
+def _kill_a_worker(load: LoadResult, live: set[int]) -> int | None:
+    """SIGKILL the busiest worker still alive, as the OOM killer would: what it had
+    queued and not sent is on disk, and a sibling (or its replacement) sends it.
+
+    Only among ``live`` workers: a server that recycles its workers (Celery's
+    ``--max-tasks-per-child``) may have replaced the busiest one already."""
+    served = {pid: count for pid, count in load.requests_by_pid.items() if pid in live}
+    if not served:
+        print("  no worker that served a request is still alive: nothing to kill -9")
         return None
-    victim = load.requests_by_pid.most_common(1)[0][0]
+    victim = max(served, key=served.__getitem__)
     try:
         os.kill(victim, signal.SIGKILL)
-    except OSError:
+    except OSError:  # it left between the look and the kill
+        print(f"  worker {victim} left before the kill -9")
         return None
     print(
         f"  kill -9 worker {victim} after {load.ok} requests: its queued events are in the "

@@ -62,7 +62,7 @@ def child_pids(parent: int) -> set[int]:
                     fields = status.read().rsplit(b")", 1)[1].split()
             except (OSError, IndexError):
                 continue  # the process left while we looked
-            if int(fields[1]) == parent:
+            if int(fields[1]) == parent and fields[0] != b"Z":  # a zombie has left
                 found.add(int(entry.name))
     return found
 
