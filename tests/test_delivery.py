@@ -124,3 +124,59 @@ def test_the_shutdown_deadline_gives_up_with_the_last_status(server: ScriptedSer
     assert str(delivery.error) == "gave up: the shutdown deadline"
     assert (delivery.error.reason, delivery.error.status) == ("shutdown_timeout", 503)
     assert delivery.retries == 0
+
+
+def test_one_outage_counts_its_failures_and_a_success_starts_the_count_again(
+    server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The backoff's attempt number is the process's run of consecutive failures (one
+    # outage, one backoff), whatever batch made them; a delivery ends the run.
+    numbers: list[int] = []
+
+    def record(self: Deliverer, attempt_number: int, retry_after: str | None) -> float:
+        numbers.append(attempt_number)
+        return 0.001
+
+    monkeypatch.setattr(Deliverer, "_delay", record)
+    for reply in (Reply(503), Reply(503), Reply(200), Reply(503), Reply(200)):
+        server.then(reply)
+    built = build_options("key", server.url)
+    transport = Transport(built)
+    deliverer = Deliverer(built, transport, threading.Event())
+    try:
+        first = deliverer.send(BODY, lambda: None)
+        assert deliverer.in_outage is False
+        second = deliverer.send(BODY, lambda: None)
+    finally:
+        transport.close()
+    assert (first.retries, second.retries) == (2, 1)
+    assert numbers == [1, 2, 1]
+
+
+def test_an_attempt_at_shutdown_is_cut_at_the_deadline(server: ScriptedServer) -> None:
+    # A server that answers after 20 s, a 30 s timeout, a deadline 0.5 s away: the
+    # attempt waits for the deadline, not for the timeout.
+    server.then(Reply(200, delay=20.0))
+    built = build_options("key", server.url, timeout=30)
+    transport = Transport(built)
+    started = time.monotonic()
+    deadline = started + 0.5
+    try:
+        delivery = Deliverer(built, transport, threading.Event()).send(BODY, lambda: deadline)
+    finally:
+        transport.close()
+    assert delivery.response is None
+    assert time.monotonic() - started < 10  # far under the 20 s answer and 30 s timeout
+
+
+def test_a_redirect_is_an_answer_not_a_place_to_go(server: ScriptedServer) -> None:
+    # Following it would post the batch (and the write key) wherever Location says.
+    server.then(Reply(307, headers=(("Location", f"{server.url}/elsewhere"),)))
+    built = build_options("key", server.url)
+    transport = Transport(built)
+    try:
+        attempt = transport.post(BODY, 5.0)
+    finally:
+        transport.close()
+    assert attempt.status == 307
+    assert len(server.received) == 1
