@@ -424,7 +424,10 @@ def test_ctrl_c_prints_the_tally_and_exits_130(tmp_path: Path) -> None:
             proc.wait()
         assert proc.returncode == 130, out + err
         assert "interrupted: run the same command again" in err
-        assert 100 <= summary(out)["sent"] < 3000
+        # The server stored 100, so it answered the first 50; the next batch may have been
+        # stored and its answer cut short by Ctrl-C: the tally counts only answered ones.
+        stored = collector.stats()["stored"]
+        assert 50 <= summary(out)["sent"] <= stored < 3000
     finally:
         collector.stop()
 
