@@ -180,3 +180,29 @@ def test_a_redirect_is_an_answer_not_a_place_to_go(server: ScriptedServer) -> No
         transport.close()
     assert attempt.status == 307
     assert len(server.received) == 1
+
+
+def test_a_200_body_with_some_fields_keeps_the_ones_it_has(server: ScriptedServer) -> None:
+    delivery = send(server, Reply(200, b'{"status":"success"}'))
+    assert delivery.response == BatchResponse(status="success", accepted=0, failed=0)
+
+
+def test_the_deadline_counts_the_retries_made_before_it(server: ScriptedServer) -> None:
+    # Two attempts (a 503, then a 503 asking for 60 s), then the deadline: one retry.
+    server.then(Reply(503), Reply(503, headers=(("Retry-After", "60"),)))
+    built = build_options("key", server.url, retry_initial_delay=10)
+    transport = Transport(built)
+    deadline = time.monotonic() + 10
+    try:
+        delivery = Deliverer(built, transport, threading.Event()).send(BODY, lambda: deadline)
+    finally:
+        transport.close()
+    assert len(server.received) == 2
+    assert isinstance(delivery.error, DeliveryError)
+    assert delivery.error.reason == "shutdown_timeout"
+    assert delivery.retries == 1
+
+
+def test_a_refusal_that_is_not_utf8_is_still_quoted(server: ScriptedServer) -> None:
+    delivery = send(server, Reply(400, b"bad \xff\xfe batch"))
+    assert str(delivery.error) == "rejected with HTTP 400: bad \ufffd\ufffd batch"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import os
 import select
 import signal
@@ -32,7 +33,7 @@ from conftest import CollectorProcess
 
 from klime_mp.delivery import Deliverer
 from klime_mp.options import build_options
-from klime_mp.transport import Attempt, Transport, _chain, ca_bundle
+from klime_mp.transport import Attempt, Transport, _chain, _Proxy, _proxy_for, ca_bundle
 
 KEY = "sk_key_1234"
 BODY = b'{"batch":[{"type":"track"}]}'
@@ -641,6 +642,61 @@ def test_an_unsupported_proxy_is_ignored_with_a_warning_that_quotes_nothing(
     assert post(transport(server.url)).status == 200  # directly
     assert "only http:// and https:// proxies" in caplog.text
     assert "pw_secret" not in caplog.text
+
+
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+
+
+def proxy_setting(monkeypatch: pytest.MonkeyPatch, value: str) -> _Proxy | None:
+    """What the transport makes of ``HTTP_PROXY=value`` for an http:// endpoint (on
+    loopback: a remote one adds its own warning about plain http)."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.setenv("HTTP_PROXY", value)
+    return _proxy_for(build_options(KEY, "http://127.0.0.1:9"))
+
+
+def test_a_proxy_without_a_scheme_is_an_http_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    expected = _Proxy("http://proxy.test:3128", {}, ())
+    assert proxy_setting(monkeypatch, "proxy.test:3128") == expected
+
+
+def test_proxy_credentials_become_a_header_and_leave_the_url(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Percent-encoded, as a user with "@" in the name and ":" in the password must write.
+    proxy = proxy_setting(monkeypatch, "http://us%40er:p%3Ass@proxy.test:3128")
+    token = _b64("us@er:p:ss")
+    assert proxy == _Proxy(
+        "http://proxy.test:3128",
+        {"Proxy-Authorization": f"Basic {token}"},
+        (token, "us%40er:p%3Ass", "p%3Ass", "p:ss"),  # every form that could be quoted
+    )
+
+
+def test_a_proxy_user_without_a_password_has_an_empty_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    proxy = proxy_setting(monkeypatch, "http://someone@proxy.test:3128")
+    token = _b64("someone:")
+    assert proxy == _Proxy(
+        "http://proxy.test:3128", {"Proxy-Authorization": f"Basic {token}"}, (token, "someone")
+    )
+
+
+@pytest.mark.parametrize(
+    "setting", ["http://proxy.test:port", "socks5://proxy.test:1080", "http://:3128"]
+)
+def test_an_unusable_proxy_setting_is_ignored_with_one_exact_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, setting: str
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        assert proxy_setting(monkeypatch, setting) is None
+    assert [record.getMessage() for record in caplog.records] == [
+        "Klime: ignoring the proxy setting for http: only http:// and https:// proxies "
+        "with a valid host and port are supported"
+    ]
 
 
 def test_an_error_that_quotes_a_header_has_every_credential_removed(
