@@ -11,12 +11,12 @@ import os
 import signal
 import socket
 import stat
-import subprocess
 import time
 from pathlib import Path
 from typing import Callable
 
 from .load import request
+from .session import SessionProcess, log_tail, read_log
 
 HOST = "127.0.0.1"
 WRITE_KEY = "demo-write-key"
@@ -85,7 +85,7 @@ class ServerProcess:
         self.log_path = log_path
         self.fifo = fifo
         self.port = 0
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._session: SessionProcess | None = None
         self._stop_requested = False
 
     @property
@@ -94,22 +94,14 @@ class ServerProcess:
 
     @property
     def pid(self) -> int:
-        assert self._proc is not None, "not started"
-        return self._proc.pid
+        assert self._session is not None, "not started"
+        return self._session.pid
 
     def start(self) -> ServerProcess:
         for _ in range(START_ATTEMPTS):
             self.port = free_port()
             self._stop_requested = False
-            with self.log_path.open("ab") as log:
-                self._proc = subprocess.Popen(
-                    self._argv_for(self.port),
-                    env=self._env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+            self._session = SessionProcess(self._argv_for(self.port), self._env, self.log_path)
             if self._wait_ready():
                 return self
             self.kill()
@@ -130,7 +122,7 @@ class ServerProcess:
         return False
 
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._session is not None and self._session.running()
 
     def worker_pids(self) -> set[int]:
         """The master's worker processes now (call it while the server runs)."""
@@ -191,27 +183,20 @@ class ServerProcess:
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> int:
         """Stop gracefully and wait; the master's exit status (workers flush first)."""
-        assert self._proc is not None, "not started"
+        assert self._session is not None, "not started"
         self.request_stop()
         try:
-            return self._proc.wait(timeout)
+            return self._session.wait(timeout)
         finally:
             self.kill()
 
     def kill(self) -> None:
         """SIGKILL the whole group (workers outlive a dead master); idempotent."""
-        if self._proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self._proc.wait(10)
+        if self._session is not None:
+            self._session.kill()
 
     def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return read_log(self.log_path)
 
     def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log().splitlines()[-lines:])
+        return log_tail(self.log_path, lines)

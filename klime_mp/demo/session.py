@@ -1,7 +1,7 @@
-"""A background process that is not an HTTP server (redis-server, a Celery worker): in
-its own session, its output in a log, signalled by PID, SIGKILLed as a whole group.
-
-``server.ServerProcess`` is the HTTP server's counterpart (it waits for ``/healthz``)."""
+"""A background process in its own session: its output in a log, signalled by PID,
+SIGKILLed as a whole group. Used as it is for what is not an HTTP server (redis-server,
+a Celery worker), and by ``server.ServerProcess`` under an HTTP server (which adds the
+wait for ``/healthz`` and the graceful stop)."""
 
 from __future__ import annotations
 
@@ -53,10 +53,18 @@ class SessionProcess:
             self._proc.wait(10)
 
     def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return read_log(self.log_path)
 
     def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log().splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
+
+
+def read_log(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    return "\n".join(read_log(path).splitlines()[-lines:])
