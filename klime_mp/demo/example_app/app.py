@@ -22,6 +22,7 @@ import json
 import os
 import re
 from collections.abc import Iterable
+from http import HTTPStatus
 from typing import Any, Callable
 
 import klime_mp
@@ -64,14 +65,17 @@ def create_report(body: Body) -> int:
     return 1
 
 
-def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-    method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+def handle(method: str, path: str, read_body: Callable[[], bytes]) -> tuple[int, Body, int]:
+    """One request, whatever the server interface: its HTTP status, its JSON answer,
+    and how many events it queued. ``read_body`` is called for a POST only."""
     if method == "GET" and path == "/healthz":
-        return _reply(start_response, "200 OK", {"status": "ok"}, 0)
+        return 200, {"status": "ok"}, 0
     if method != "POST":
-        return _reply(start_response, "405 Method Not Allowed", {"error": "use POST"}, 0)
+        return 405, {"error": "use POST"}, 0
     try:
-        body = _read_json(environ)
+        body = json.loads(read_body() or b"{}")
+        if not isinstance(body, dict):
+            raise ValueError("the request body must be a JSON object")
         members = ORG_MEMBERS.match(path)
         if path == "/login":
             queued = login(body)
@@ -80,18 +84,20 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byte
         elif members:
             queued = join_org(body, members["org_id"])
         else:
-            return _reply(start_response, "404 Not Found", {"error": "no such route"}, 0)
+            return 404, {"error": "no such route"}, 0
     except ValueError as exc:  # bad JSON, or a missing or invalid id (klime_mp says which)
-        return _reply(start_response, "400 Bad Request", {"error": str(exc)}, 0)
-    return _reply(start_response, "200 OK", {"status": "ok"}, queued)
+        return 400, {"error": str(exc)}, 0
+    return 200, {"status": "ok"}, queued
 
 
-def _read_json(environ: dict[str, Any]) -> Body:
-    length = int(environ.get("CONTENT_LENGTH") or 0)
-    body = json.loads(environ["wsgi.input"].read(length) or b"{}")
-    if not isinstance(body, dict):
-        raise ValueError("the request body must be a JSON object")
-    return body
+def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+    def read_body() -> bytes:
+        data: bytes = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        return data
+
+    method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+    status, payload, queued = handle(method, path, read_body)
+    return _reply(start_response, f"{status} {HTTPStatus(status).phrase}", payload, queued)
 
 
 def _required(body: Body, key: str) -> str:
