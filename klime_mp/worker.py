@@ -29,6 +29,9 @@ BATCH_BYTES = MAX_BODY_BYTES - _BODY_OVERHEAD
 # flush() without a timeout waits at most this long: an outage cannot hold a caller
 # (PostHog bounds its flush the same way). The events stay queued either way.
 FLUSH_TIMEOUT_S = 10.0
+# After its deadline, shutdown() still waits this long for a report the sender is making
+# (a batch it settled at that very moment): on_error has had every loss when it returns.
+REPORT_GRACE_S = 1.0
 
 # Loss reasons before sending, keys of ``Stats.dropped`` beside the delivery's.
 QUEUE_FULL = "queue_full"
@@ -70,6 +73,7 @@ class Worker:
         # the sender, or shutdown when the deadline passes first (_give_up_in_flight).
         self._in_flight: list[bytes] | None = None
         self._in_flight_source: Source | None = None
+        self._reporting = 0  # batches the sender took out of flight and is settling
         self._thread: threading.Thread | None = None
         self._transport = Transport(options)
         durable = self._spool is not None
@@ -196,6 +200,7 @@ class Worker:
                 self._send_lock.release()
         self._give_up_in_flight()
         self._give_up_on_rest()
+        self._wait_reported(time.monotonic() + REPORT_GRACE_S)
         self._ledger.report_parked()
         if not (thread and thread.is_alive()):
             self._release_resources()
@@ -314,8 +319,13 @@ class Worker:
                 source.rewind()  # on disk still: a later attempt or the next process
             else:
                 source.acknowledge(len(batch))
+                self._reporting += 1
         if not kept:
-            self._settle(batch, delivery)
+            try:
+                self._settle(batch, delivery)
+            finally:
+                with self._lock:
+                    self._reporting -= 1
         self._notify_progress()
         return not kept
 
@@ -435,6 +445,15 @@ class Worker:
         """Events settled (sent, reported lost or kept on disk): wake flush() waiters."""
         with self._progress:
             self._progress.notify_all()
+
+    def _wait_reported(self, deadline: float) -> None:
+        """Until the sender has finished settling the batches it took out of flight."""
+        with self._progress:
+            while self._reporting:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._progress.wait(remaining)
 
     def _wait_finished(self, target: int, deadline: float) -> bool:
         with self._progress:

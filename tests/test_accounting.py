@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -22,6 +23,7 @@ import pytest
 from klime_mp import KlimeClient
 from klime_mp.collector import Collector
 from klime_mp.collector.faults import FaultPlan
+from tests.scripted_server import Reply, ScriptedServer
 from tests.servers import no_control_socket
 
 APP = textwrap.dedent("""
@@ -147,3 +149,29 @@ def test_every_loss_reason_reaches_on_error_with_its_count(collector: Collector)
     assert stats.dropped == {"queue_full": 7, "after_shutdown": 1}
     assert stats.sent + sum(stats.dropped.values()) == 13
     assert collector.stats().stored == 5
+
+
+def test_shutdown_returns_only_after_the_senders_report_of_a_batch_it_settled() -> None:
+    # The sender settles a refused batch as the shutdown deadline passes and is still in
+    # on_error when shutdown() would return: shutdown waits for that report (about a
+    # second at most), so every loss has reached on_error when it returns.
+    in_callback = threading.Event()
+    reported: list[int] = []
+
+    def slow_on_error(error: BaseException, events: list[dict[str, Any]]) -> None:
+        in_callback.set()
+        time.sleep(0.5)  # the report itself takes time: not a synchronisation
+        reported.append(len(events))
+
+    server = ScriptedServer().start()
+    try:
+        server.then(Reply(400, b'{"status":"error","message":"no"}'))
+        client = KlimeClient("key", server.url, shutdown_timeout=0.1, on_error=slow_on_error)
+        for n in range(5):
+            client.track("Refused", {"n": n}, user_id="u")
+        client.flush(0.01)  # wakes the sender for the partial batch; does not wait
+        assert in_callback.wait(10)
+        client.shutdown()
+        assert reported == [5]
+    finally:
+        server.stop()
