@@ -67,6 +67,20 @@ def child_pids(parent: int) -> set[int]:
     return found
 
 
+def wait_for_workers(
+    worker_pids: Callable[[], set[int]], count: int, timeout: float = WORKERS_TIMEOUT_S
+) -> set[int]:
+    """The worker PIDs once ``count`` exist (or at ``timeout``). A master answers as
+    soon as its first worker serves; the others are forked over the next moments, and a
+    short load would otherwise finish before the last one exists."""
+    deadline = time.monotonic() + timeout
+    while (found := worker_pids()) and len(found) < count:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    return found
+
+
 class ServerProcess:
     """A server in its own session (process group), so stopping it reaches every worker.
 
@@ -129,15 +143,7 @@ class ServerProcess:
         return child_pids(self.pid) if self.running() else set()
 
     def wait_for_workers(self, count: int, timeout: float = WORKERS_TIMEOUT_S) -> set[int]:
-        """The worker PIDs once ``count`` exist (or at ``timeout``). A master answers as
-        soon as its first worker serves; the others are forked over the next moments,
-        and a short load would otherwise finish before the last one exists."""
-        deadline = time.monotonic() + timeout
-        while (found := self.worker_pids()) and len(found) < count:
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.02)
-        return found
+        return wait_for_workers(self.worker_pids, count, timeout)
 
     def signal(self, signum: int) -> None:
         """Send ``signum`` to the master only, as an operator would."""

@@ -29,6 +29,7 @@ from ..server import (
     ServerProcess,
     child_pids,
     free_port,
+    wait_for_workers,
 )
 from ..session import SessionProcess
 from . import example_dir
@@ -130,12 +131,7 @@ class CeleryServer:
         return child_pids(celery.pid) if celery is not None and celery.running() else set()
 
     def wait_for_workers(self, count: int, timeout: float = WORKERS_TIMEOUT_S) -> set[int]:
-        deadline = time.monotonic() + timeout
-        while (found := self.worker_pids()) and len(found) < count:
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.02)
-        return found
+        return wait_for_workers(self.worker_pids, count, timeout)
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> int:
         """Warm shutdown (SIGTERM to the Celery main process: running tasks finish and
