@@ -31,13 +31,19 @@ def server() -> Iterator[ScriptedServer]:
     running.stop()
 
 
-def send(server: ScriptedServer, *replies: Reply, **options: Any) -> Delivery:
+def send(
+    server: ScriptedServer, *replies: Reply, deadline: float | None = None, **options: Any
+) -> Delivery:
+    """One batch through a fresh transport, after scripting ``replies``; ``deadline``
+    (monotonic): the shutdown deadline the sender would pass. Retries 10 ms apart
+    unless ``options`` say otherwise."""
     for reply in replies:
         server.then(reply)
-    built = build_options("key", server.url, retry_initial_delay=10, **options)
+    options.setdefault("retry_initial_delay", 10)
+    built = build_options("key", server.url, **options)
     transport = Transport(built)
     try:
-        return Deliverer(built, transport, threading.Event()).send(BODY, lambda: None)
+        return Deliverer(built, transport, threading.Event()).send(BODY, lambda: deadline)
     finally:
         transport.close()
 
@@ -111,14 +117,8 @@ def test_a_refusal_quotes_the_servers_answer(server: ScriptedServer) -> None:
 
 def test_the_shutdown_deadline_gives_up_with_the_last_status(server: ScriptedServer) -> None:
     # A 503, then a backoff the deadline cannot wait for: no second attempt.
-    server.then(Reply(503))
-    built = build_options("key", server.url, retry_initial_delay=60_000)
-    transport = Transport(built)
     deadline = time.monotonic() + 5
-    try:
-        delivery = Deliverer(built, transport, threading.Event()).send(BODY, lambda: deadline)
-    finally:
-        transport.close()
+    delivery = send(server, Reply(503), deadline=deadline, retry_initial_delay=60_000)
     assert len(server.received) == 1
     assert isinstance(delivery.error, DeliveryError)
     assert str(delivery.error) == "gave up: the shutdown deadline"
@@ -156,15 +156,10 @@ def test_one_outage_counts_its_failures_and_a_success_starts_the_count_again(
 def test_an_attempt_at_shutdown_is_cut_at_the_deadline(server: ScriptedServer) -> None:
     # A server that answers after 20 s, a 30 s timeout, a deadline 0.5 s away: the
     # attempt waits for the deadline, not for the timeout.
-    server.then(Reply(200, delay=20.0))
-    built = build_options("key", server.url, timeout=30)
-    transport = Transport(built)
     started = time.monotonic()
-    deadline = started + 0.5
-    try:
-        delivery = Deliverer(built, transport, threading.Event()).send(BODY, lambda: deadline)
-    finally:
-        transport.close()
+    delivery = send(
+        server, Reply(200, delay=20.0), deadline=started + 0.5, timeout=30, retry_initial_delay=1000
+    )
     assert delivery.response is None
     assert time.monotonic() - started < 10  # far under the 20 s answer and 30 s timeout
 
@@ -189,14 +184,8 @@ def test_a_200_body_with_some_fields_keeps_the_ones_it_has(server: ScriptedServe
 
 def test_the_deadline_counts_the_retries_made_before_it(server: ScriptedServer) -> None:
     # Two attempts (a 503, then a 503 asking for 60 s), then the deadline: one retry.
-    server.then(Reply(503), Reply(503, headers=(("Retry-After", "60"),)))
-    built = build_options("key", server.url, retry_initial_delay=10)
-    transport = Transport(built)
-    deadline = time.monotonic() + 10
-    try:
-        delivery = Deliverer(built, transport, threading.Event()).send(BODY, lambda: deadline)
-    finally:
-        transport.close()
+    replies = (Reply(503), Reply(503, headers=(("Retry-After", "60"),)))
+    delivery = send(server, *replies, deadline=time.monotonic() + 10)
     assert len(server.received) == 2
     assert isinstance(delivery.error, DeliveryError)
     assert delivery.error.reason == "shutdown_timeout"
