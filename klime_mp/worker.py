@@ -286,18 +286,12 @@ class Worker:
                 return  # kept on disk for later (the deadline came first): stop here
 
     def _take_batch(self, full_batches_only: bool) -> tuple[Source | None, list[bytes]]:
-        """The next batch: the spool's events first, then memory's (a failed disk).
-
-        ``max_batch_size`` is the batch size of a client keeping up; once a backlog has
-        built up (more than one batch waiting), batches grow to ``backlog_batch_size``
-        (the API's 100 unless the user chose a batch size)."""
+        """The next batch: the spool's events first, then memory's (a failed disk)."""
         with self._lock:
             waiting = self._waiting()
             size = self._options.max_batch_size
             if waiting < (size if full_batches_only else 1):
                 return None, []
-            if waiting > size:
-                size = self._options.backlog_batch_size
             source: Source = self._memory
             if self._spool is not None and self._spool.waiting() > 0:
                 source = self._spool

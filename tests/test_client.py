@@ -54,6 +54,21 @@ def test_batches_hold_at_most_max_batch_size(server: ScriptedServer) -> None:
     assert [e["properties"]["n"] for e in server.all_events()] == list(range(12))  # in order
 
 
+def test_by_default_a_batch_waits_for_100_events(server: ScriptedServer) -> None:
+    # Not the official SDK's 20: one POST for every 100 events under load.
+    client = KlimeClient("key", endpoint=server.url, flush_interval=60_000)
+    for n in range(99):
+        client.track("A", {"n": n}, user_id="u")
+    assert client.queue_size() == 99  # the sender waits for a full batch (or the interval)
+    assert not server.received
+    for n in range(99, 250):
+        client.track("A", {"n": n}, user_id="u")
+    assert client.flush(10)
+    sizes = [len(r.events()) for r in server.received]
+    assert max(sizes) == 100 and sum(sizes) == 250 and sizes[0] == 100
+    client.shutdown()
+
+
 def test_a_partial_batch_is_sent_after_flush_interval(server: ScriptedServer) -> None:
     client = KlimeClient("key", endpoint=server.url, flush_interval=100)
     client.track("A", user_id="u")
