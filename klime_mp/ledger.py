@@ -61,7 +61,7 @@ class Ledger:
         self._options = options
         self._log = options.logger
         self._lock = threading.Lock()
-        self._counts = {"enqueued": 0, "sent": 0, "failed": 0, "retries": 0, "batches": 0}
+        self._counts = {"sent": 0, "failed": 0, "retries": 0, "batches": 0}
         self._counts.update(recovered=0, resent=0)
         self._dropped: dict[str, int] = {}
         self._last_warning: dict[str, float] = {}
@@ -80,9 +80,11 @@ class Ledger:
             self._counts["batches"] += 1
             self._counts["retries"] += retries
 
-    def snapshot(self, queued: int) -> Stats:
+    def snapshot(self, *, queued: int, enqueued: int) -> Stats:
+        """The counters, with the two the worker keeps under its own lock."""
         with self._lock:
-            return Stats(queued=queued, dropped=dict(self._dropped), **self._counts)
+            dropped = dict(self._dropped)
+            return Stats(enqueued=enqueued, queued=queued, dropped=dropped, **self._counts)
 
     # -- losses --------------------------------------------------------------------------
 

@@ -58,10 +58,11 @@ class Worker:
         self._ledger = Ledger(options)
         self._memory = MemoryQueue()
         self._spool = recovery.Spool.open(options, self._ledger)  # None without spool_dir
-        # Events accepted so far. Events settle in the order they were accepted (one
-        # sender, batches from the front), so the first N of them are settled exactly
-        # when no more than (accepted - N) are pending: flush() waits on that.
-        self._appended = 0
+        # Events accepted so far (Stats.enqueued). Events settle in the order they were
+        # accepted (one sender, batches from the front), so the first N of them are
+        # settled exactly when no more than (accepted - N) are pending: flush() waits on
+        # that. (With send=False nothing is ever pending.)
+        self._accepted = 0
         self._loss_mark = 0  # the ledger's loss count when flush() last returned
         self._closed = False
         self._flush_requests = 0  # flush() calls so far; the sender serves them in order
@@ -100,9 +101,7 @@ class Worker:
                 reason = None
                 self._memory.append(data)
             if reason is None:
-                self._ledger.add("enqueued")
-                if self._options.send:
-                    self._appended += 1
+                self._accepted += 1
                 waiting = self._waiting()
         if reason == AFTER_SHUTDOWN:  # nobody will send again: report from here
             error = LossReport("an event was tracked after shutdown()", reason, 1)
@@ -131,8 +130,8 @@ class Worker:
 
     def stats(self) -> Stats:
         with self._lock:
-            pending = self._pending()
-        return self._ledger.snapshot(pending)
+            pending, accepted = self._pending(), self._accepted
+        return self._ledger.snapshot(queued=pending, enqueued=accepted)
 
     # -- waiting for delivery -----------------------------------------------------------
 
@@ -151,7 +150,7 @@ class Worker:
         (called with a deadline). Split in two so that a process-wide flush can start
         every client's sender before it waits for any (``wsgi.flush_process``)."""
         with self._lock:
-            target = self._appended
+            target = self._accepted
             mark = self._loss_mark
             threaded = self._sender_alive()
             if threaded:
@@ -185,7 +184,7 @@ class Worker:
                 return self._pending() == 0
             self._closed = True
             self._deadline = deadline
-            target = self._appended
+            target = self._accepted
             mark = self._loss_mark
         self._wake.set()
         self._interrupt.set()  # a backoff wait re-checks the new deadline
@@ -433,7 +432,7 @@ class Worker:
 
     def _settled(self, target: int) -> bool:
         """The first ``target`` accepted events are all settled. Caller holds _lock."""
-        return self._pending() <= self._appended - target
+        return self._pending() <= self._accepted - target
 
     def _notify_progress(self) -> None:
         """Events settled (sent, reported lost or kept on disk): wake flush() waiters."""
