@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.plan import CONDITIONS
-from bench.sdks import LABELS, SDKS
+from bench.sdks import BASELINES, LABELS, SDKS
 from bench.stats import DASH, Summary
 
 Raw = dict[str, Any]
@@ -17,6 +17,7 @@ COLORS = {
     "segment": "#7570b3",
     "posthog": "#e7298a",
     "none": "#999999",
+    "encode_only": "#cccccc",
 }
 
 
@@ -126,7 +127,7 @@ def throughput_chart(tp: Raw, meta: Raw, path: Path) -> None:
 def gunicorn_chart(gun: Raw, meta: Raw, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    names = [n for n in ("none", *SDKS) if n in gun["sdks"]]
+    names = [n for n in (*BASELINES, *SDKS) if n in gun["sdks"]]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
     for i, sdk in enumerate(names):
         for offset, key, alpha in ((-0.2, "p50_ms", 1.0), (0.2, "p99_ms", 0.5)):
@@ -147,7 +148,7 @@ def cpu_chart(cpu: Raw, meta: Raw, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    names = list(SDKS)
+    names = [n for n in (*SDKS, "encode_only") if n in cpu["sdks"]]
     _bars(ax, names, [cpu["sdks"][sdk]["us_per_event"] for sdk in names], rotation=10)
     ax.set_ylabel("worker CPU per event, µs (lower is better)")
     fig.suptitle("CPU per event in a Gunicorn worker\n" + _subtitle(meta), fontsize=9)

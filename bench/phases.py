@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from bench.control import ROOT, RefusedPort, SinkProcess, settle
 from bench.plan import CONDITIONS, FORK_MODES, Plan
-from bench.sdks import SDKS
+from bench.sdks import BASELINES, SDKS
 from bench.under_gunicorn import cpu_run, preload_fork, serve_load
 
 Raw = dict[str, Any]
@@ -80,8 +80,8 @@ def workload(scenario: str, config: dict[str, Any], timeout: float, log: Log) ->
 def all_apps(
     plan: Plan, part: str, measure: Callable[[list[str]], Raw], describe: Describe, log: Log
 ) -> Raw:
-    """Parts 0 and 3: per run, every app (``none``: no SDK) served and loaded at once."""
-    names = ("none", *SDKS)
+    """Parts 0 and 3: per run, every app (and the two baselines) served and loaded at once."""
+    names = (*BASELINES, *SDKS)
     raw: Raw = {sdk: [] for sdk in names}
     for run in range(plan.runs):
         try:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.plan import CONDITIONS, FORK_MODES
-from bench.sdks import LABELS, SDKS
+from bench.sdks import BASELINES, LABELS, SDKS
 from bench.stats import DASH, TIMES, Summary
 
 Raw = dict[str, Any]
@@ -70,7 +70,7 @@ def _targets(rows: list[Raw]) -> list[str]:
 
 def _cpu(cpu: Raw, plan: Raw) -> list[str]:
     us = [("us_per_event", 1, " µs"), ("us_per_request", 1, " µs"), ("requests", 0, "")]
-    rows = _rows(cpu["sdks"], (*SDKS, "none"), us)
+    rows = _rows(cpu["sdks"], (*SDKS, *reversed(BASELINES)), us)
     rows[-1][1] = "0 (the baseline)"
     return [
         f"### 0. CPU per event in a Gunicorn worker (about {plan['cpu_requests']:,} requests "
@@ -146,7 +146,7 @@ def _throughput(tp: Raw, events: int) -> list[str]:
 def _gunicorn(gun: Raw, meta: Raw) -> list[str]:
     columns = [("rps", 0, ""), ("p50_ms", 2, " ms"), ("p99_ms", 2, " ms")]
     columns += [("p50_ms_vs_none", 3, TIMES), ("p99_ms_vs_none", 2, TIMES)]
-    rows = _rows(gun["sdks"], ("none", *SDKS), [*columns, ("rps_vs_none", 3, TIMES)])
+    rows = _rows(gun["sdks"], (*BASELINES, *SDKS), [*columns, ("rps_vs_none", 3, TIMES)])
     if rows and "none" in gun["sdks"]:
         rows[0][4:] = ["1", "1", "1"]  # the baseline against itself
     header = ["app", "req/s", "p50", "p99", "p50 vs none", "p99 vs none", "req/s vs none"]

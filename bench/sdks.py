@@ -17,7 +17,10 @@ Options left as ``None`` keep each SDK's own default.
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -30,6 +33,9 @@ WRITE_KEY = "bench-write-key"
 
 SDKS = ("klime_mp", "klime_mp_spool", "klime", "segment", "posthog")
 PEERS = ("klime", "segment", "posthog")
+# The apps of the Gunicorn parts besides the SDKs: none at all, and the least an SDK can
+# do in the request (encode the event; send nothing), which bounds what any SDK can reach.
+BASELINES = ("none", "encode_only")
 LABELS = {
     "klime_mp": "klime_mp",
     "klime_mp_spool": "klime_mp + spool",
@@ -37,6 +43,7 @@ LABELS = {
     "segment": "Segment analytics-python",
     "posthog": "PostHog",
     "none": "no SDK",
+    "encode_only": "encode only (json.dumps, nothing sent)",
     "floor": "harness floor (empty call)",
 }
 
@@ -164,12 +171,44 @@ class PostHog(Adapter):
         self.client.flush(timeout_seconds=timeout)
 
 
+class EncodeOnly(Adapter):
+    """No SDK: what every SDK must do in the request, at least. The event as a dict with
+    a fresh UUID and the time, one ``json.dumps``, kept in a list that never grows past
+    a batch (a real SDK would queue it). Nothing is sent."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.client = []
+        self.call = self._track
+
+    def _track(self, properties: dict[str, Any] | None = None) -> None:
+        event = {
+            "type": "track",
+            "messageId": str(uuid.uuid4()),
+            "timestamp": time.time(),
+            "event": EVENT,
+            "userId": USER,
+            "groupId": GROUP,
+            "properties": properties or {},
+        }
+        if len(self.client) >= 100:
+            self.client.clear()
+        self.client.append(json.dumps(event))
+
+    def flush(self, timeout: float) -> None:
+        pass
+
+    def queued(self) -> int:
+        return 0
+
+
 ADAPTERS: dict[str, type[Adapter]] = {
     "klime_mp": KlimeMp,
     "klime_mp_spool": KlimeMpSpool,
     "klime": Klime,
     "segment": Segment,
     "posthog": PostHog,
+    "encode_only": EncodeOnly,
 }
 
 

@@ -98,6 +98,15 @@ def cpu(raw: Raw) -> Raw:
             "requests": _over_runs(raw[sdk], _field("requests")),
         }
     table["none"] = {"us_per_request": summarize(base), **_fields(raw["none"], ("requests",))}
+    if raw.get("encode_only"):  # results from before this baseline existed have none
+        floor = [per_request(r) for r in raw["encode_only"]]
+        table["encode_only"] = {
+            "us_per_event": summarize(
+                [None if us is None or none is None else us - none for us, none in zip(floor, base)]
+            ),
+            "us_per_request": summarize(floor),
+            **_fields(raw["encode_only"], ("requests",)),
+        }
     return {"sdks": table, "ratio": _best_peer_ratio(per_event, _field("us"), lower_is_better=True)}
 
 
@@ -234,4 +243,12 @@ def targets(results: Raw) -> list[Raw]:
         rel = gun["sdks"]["klime_mp"]["p50_ms_vs_none"]
         met = judged(rel, "median", operator.le, 1.03)
         target("Gunicorn p50 latency vs no SDK", rel, f"≤ 1.03{TIMES}", met)
+        floor = gun["sdks"].get("encode_only")
+        if floor:  # no goal: what an app that only encodes its event pays, for scale
+            target(
+                "(encode only, for scale) Gunicorn p50 vs no SDK",
+                floor["p50_ms_vs_none"],
+                "—",
+                None,
+            )
     return rows

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from bench.control import ROOT, SinkClient, SinkProcess, free_port, wait_until
 from bench.loadgen import run_python
 from bench.plan import Plan
+from bench.sdks import BASELINES
 
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 40.0
@@ -132,7 +133,7 @@ def cpu_run(names: list[str], sink: SinkProcess, plan: Plan) -> dict[str, dict[s
         before = [int(get(server.url, "/cpu")[1]) for server in servers]
         loads = run_python(targets, plan.cpu_requests, plan.cpu_concurrency, plan.slices)
         served = [load["requests"] - load["errors"] for load in loads]
-        tracked = sum(n for name, n in zip(names, served) if name != "none")
+        tracked = sum(n for name, n in zip(names, served) if name not in BASELINES)
         sink.wait_events(tracked, DELIVERY_TIMEOUT_S, poll=0.05)
         after = [int(get(server.url, "/cpu")[1]) for server in servers]
         delivered = sink.stats()["events"]
