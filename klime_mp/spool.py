@@ -49,7 +49,9 @@ in flight), and orphans' (claimed first, so never a segment another live process
 oldest modification time first. Their unacknowledged records are passed to ``on_loss``.
 
 Modules: the record and ledger formats are in ``spool_format``; naming, the registry,
-locking and reading in ``spool_files``; ``status`` in ``spool_status``.
+locking and reading in ``spool_files``; the in-memory copy of the newest records, which a
+sender keeping up takes instead of reading them back, in ``spool_unread``; ``status`` in
+``spool_status``.
 """
 
 from __future__ import annotations
@@ -79,14 +81,17 @@ from klime_mp.spool_files import (
     ledger_path,
     list_directory,
     lock_existing,
+    pack_position,
     reserve,
     segment_path,
     settle,
     unlink,
+    unpack_position,
     warn_once,
 )
 from klime_mp.spool_format import START, Position
 from klime_mp.spool_status import AppStatus, app_directories, status
+from klime_mp.spool_unread import Unread
 
 __all__ = [
     "CHECK_EVERY_BYTES",
@@ -160,6 +165,7 @@ class EventLog(Log):
         self._unchecked = 0  # bytes written since the size limit was last checked
         self._roll = False  # the active segment is full (or a failed write spoilt it)
         self._seen = START  # corrupt regions are counted once, on first read
+        self._unread = Unread(pack_position(START))  # the newest records, for a sender keeping up
 
     @classmethod
     def open(cls, app_dir: PathLike, *, max_bytes: int, on_loss: LossCallback) -> EventLog:
@@ -212,10 +218,26 @@ class EventLog(Log):
             if written != len(record):
                 self._undo_short_write(segment, written)
             segment.size += written
+            self._unread.add((segment.seq << SEQ_SHIFT) + segment.size, data)
             self._appended += 1
         self._unchecked += written
         if segment.size >= SEGMENT_BYTES:
             self._roll = True
+
+    def take(self, max_events: int, max_bytes: int) -> list[bytes]:
+        """``Log.take``, from memory while the sender keeps up (see ``spool_unread``)."""
+        check_limit("max_events", max_events)
+        check_limit("max_bytes", max_bytes)
+        with self._lock:
+            self._check_open()
+            cursor = self._cursor
+            payloads, ends = self._unread.take(pack_position(cursor), max_events, max_bytes)
+            if payloads:
+                # Not _count_torn: that region of the disk is still unread, and a rewind
+                # that reads it must count what it finds damaged there.
+                self._advance(unpack_position(ends[-1]), ends)
+                return payloads
+        return super().take(max_events, max_bytes)
 
     def pending(self) -> int:
         """Records appended and not yet acknowledged (nor dropped by the size limit)."""
@@ -334,6 +356,7 @@ class EventLog(Log):
             if cursor.segment <= seq:
                 fmt.read(segment.fd, start, segment.size, EVERYTHING, EVERYTHING, batch)
             os.ftruncate(segment.fd, 0)  # frees the space now; the reader closes the fd
+            self._unread.clear()  # it may hold some of these records: they are lost now
             unlink(segment.path)
             self._segments.remove(segment)
             self._dropped.append(segment)

@@ -34,6 +34,10 @@ EVERYTHING = 1 << 62  # no limit on a read
 SEQ_SHIFT = 40
 
 
+def pack_position(position: Position) -> int:
+    return (position.segment << SEQ_SHIFT) + position.offset
+
+
 def unpack_position(packed: int) -> Position:
     return Position(packed >> SEQ_SHIFT, packed & ((1 << SEQ_SHIFT) - 1))
 
@@ -233,14 +237,18 @@ class Log:
             with self._lock:
                 if generation != self._generation:
                     continue  # a segment was dropped under the read: read again
-                self._cursor = last
-                self._in_flight.extend(ends)
                 self._count_torn(cursor, last, batch.corrupt)
-                self._taken(ends)
-                if ends and last > self._sent:  # one pwrite per batch: what may arrive
-                    self._sent = last
-                    self._persist()
+                self._advance(last, ends)
             return batch.payloads
+
+    def _advance(self, last: Position, ends: list[int]) -> None:
+        """Records ending at ``ends``, up to ``last``, were taken. Caller holds ``_lock``."""
+        self._cursor = last
+        self._in_flight.extend(ends)
+        self._taken(ends)
+        if ends and last > self._sent:  # one pwrite per batch: what may arrive
+            self._sent = last
+            self._persist()
 
     def acknowledge(self, count: int) -> None:
         """Settle the oldest ``count`` taken records: persist the position, free segments."""
