@@ -327,3 +327,33 @@ def test_shutdown_without_a_sender_thread_gives_up_at_its_deadline_in_a_backoff(
         ("shutdown_timeout", [0])
     ]
     assert len(server.received) == 1
+
+
+# -- flush without a sender thread ----------------------------------------------------------
+
+
+def test_flush_without_a_sender_thread_returns_by_its_timeout_and_keeps_the_event(
+    server: ScriptedServer,
+) -> None:
+    # Sync mode: flush() sends from the calling thread. With the server down, its
+    # timeout bounds the retries too (an outage must not hold the caller), and the event
+    # it could not send stays queued for a later flush or shutdown, not lost.
+    server.then(*[Reply(503)] * 20)
+    reports: list[Report] = []
+    client = KlimeClient(
+        "key",
+        server.url,
+        sync_mode=True,
+        retry_initial_delay=1000,
+        on_error=lambda e, evs: reports.append((e, evs)),
+    )
+    client.track("Later", {"n": 0}, user_id="u")
+    started = time.monotonic()
+    assert client.flush(1) is False
+    assert time.monotonic() - started < 2.5
+    assert reports == [] and client.stats().dropped == {}
+    assert client.queue_size() == 1
+    with server.lock:
+        server.script.clear()  # the server is back: every answer is a 200 now
+    assert client.shutdown() is True
+    assert numbers(server.all_events()[-1:]) == [0]
