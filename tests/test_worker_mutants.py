@@ -8,6 +8,7 @@ words what it gives up. All of them talk to a real loopback server."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -233,6 +234,11 @@ def wait_until_released(spool: Path) -> None:
     wait_for(lambda: not any(state.live for state in spool_status(spool)))
 
 
+def on_disk(spool: Path) -> list[tuple[int, int, int]]:
+    """(live logs, pending events, segment files) of each app under ``spool``."""
+    return [(state.live, state.pending, state.segments) for state in spool_status(spool)]
+
+
 def test_with_a_spool_shutdown_leaves_an_unsent_batch_on_disk_unreported(
     server: ScriptedServer, tmp_path: Path
 ) -> None:
@@ -273,7 +279,9 @@ def test_shutdown_reports_the_batch_in_flight_apart_from_the_rest(server: Script
         client.track("Slow", {"n": n}, user_id="u")  # a full batch: the sender posts it
     wait_for(lambda: len(server.received) == 1)
     client.track("Queued", {"n": 2}, user_id="u")
+    started = time.monotonic()
     assert client.shutdown() is False
+    assert time.monotonic() - started < 2.0  # not held by the attempt in flight
     in_flight = "2 events in flight at the shutdown deadline (may have arrived)"
     assert [(str(e), getattr(e, "reason", None), numbers(evs)) for e, evs in reports] == [
         (in_flight, "shutdown_timeout", [0, 1]),
@@ -283,15 +291,18 @@ def test_shutdown_reports_the_batch_in_flight_apart_from_the_rest(server: Script
     assert (stats.failed, stats.queued, stats.dropped) == (3, 0, {"shutdown_timeout": 3})
 
 
-def test_with_a_spool_shutdown_reports_nothing_for_the_batch_in_flight(
+def test_with_a_spool_the_batch_in_flight_at_shutdown_is_settled_by_the_sender(
     server: ScriptedServer, tmp_path: Path
 ) -> None:
-    server.then(Reply(200, ok_body(2), delay=3.0))
+    # The late answer reaches the sender after shutdown() returned: it acknowledges the
+    # batch and only then closes the log (deleted: nothing left for a successor).
+    server.then(Reply(200, ok_body(2), delay=1.5))
+    spool = tmp_path / "spool"
     reports: list[Report] = []
     client = KlimeClient(
         "key",
         server.url,
-        spool_dir=tmp_path / "spool",
+        spool_dir=spool,
         max_batch_size=2,
         flush_interval=60_000,
         shutdown_timeout=0.3,
@@ -302,6 +313,47 @@ def test_with_a_spool_shutdown_reports_nothing_for_the_batch_in_flight(
     wait_for(lambda: len(server.received) == 1)
     assert client.shutdown() is False  # not known to be delivered...
     assert reports == [] and client.stats().dropped == {}  # ...but on disk, not lost
+    assert [state.live for state in spool_status(spool)] == [1]  # the sender holds it
+    wait_until_released(spool)
+    assert on_disk(spool) == [(0, 0, 0)]
+    assert client.stats().sent == 2
+
+
+def test_shutdown_without_a_sender_thread_closes_the_spool(
+    server: ScriptedServer, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    client = KlimeClient("key", server.url, sync_mode=True, spool_dir=spool)
+    for n in range(3):
+        client.track("Synced", {"n": n}, user_id="u")
+    assert client.shutdown() is True
+    assert on_disk(spool) == [(0, 0, 0)]  # everything sent: the log closed and deleted
+    assert numbers(server.all_events()) == [0, 1, 2]
+
+
+def test_shutdown_does_not_wait_past_its_grace_for_an_on_error_that_blocks(
+    server: ScriptedServer,
+) -> None:
+    # shutdown() waits for the sender's report of a batch it settled, but at most
+    # REPORT_GRACE_S (1 s) past its deadline: an on_error that blocks cannot hold it.
+    server.then(Reply(400, b'{"status":"error","message":"no"}'))
+    in_callback, release = threading.Event(), threading.Event()
+
+    def blocking_on_error(error: BaseException, events: list[dict[str, Any]]) -> None:
+        in_callback.set()
+        release.wait(10)
+
+    client = KlimeClient(
+        "key", server.url, max_batch_size=1, shutdown_timeout=0.2, on_error=blocking_on_error
+    )
+    try:
+        client.track("Refused", user_id="u")  # a full batch: the sender posts it at once
+        assert in_callback.wait(10)
+        started = time.monotonic()
+        client.shutdown()
+        assert time.monotonic() - started < 4.0  # 0.2 s + 1 s grace; 10 s if it waited
+    finally:
+        release.set()
 
 
 def test_shutdown_without_a_sender_thread_gives_up_at_its_deadline_in_a_backoff(
