@@ -106,6 +106,14 @@ def test_a_sync_send_out_of_attempts_counts_its_retries(server: ScriptedServer) 
     client.shutdown()
 
 
+def test_a_sync_send_with_send_false_answers_not_sent(server: ScriptedServer) -> None:
+    client = KlimeClient("key", server.url, send=False)
+    response = client.track_sync("Local", user_id="u")
+    assert response == BatchResponse(status="not_sent", accepted=0, failed=0, errors=None)
+    assert (client.stats().sent, server.received) == (0, [])
+    client.shutdown()
+
+
 def test_a_sync_send_after_shutdown_raises_without_sending(server: ScriptedServer) -> None:
     client = KlimeClient("key", server.url)
     client.shutdown()
@@ -409,3 +417,28 @@ def test_flush_without_a_sender_thread_returns_by_its_timeout_and_keeps_the_even
         server.script.clear()  # the server is back: every answer is a 200 now
     assert client.shutdown() is True
     assert numbers(server.all_events()[-1:]) == [0]
+
+
+# -- waiting: a flush's whole timeout, a shutdown with nothing left ------------------------
+
+
+def test_a_short_flush_waits_for_the_sender(server: ScriptedServer) -> None:
+    # Under a second is a normal flush timeout (a request's teardown): it must wait for
+    # the loopback answer, a few milliseconds away, not give up at once.
+    client = KlimeClient("key", server.url, flush_interval=60_000)
+    client.track("Quick", {"n": 0}, user_id="u")
+    assert client.flush(0.9) is True
+    assert numbers(server.all_events()) == [0]
+    client.shutdown()
+
+
+def test_shutdown_after_everything_was_settled_returns_at_once(server: ScriptedServer) -> None:
+    # Nothing is being reported: shutdown() has no reason to spend its report grace.
+    server.then(Reply(200, ok_body(2)), Reply(400, b'{"status":"error","message":"no"}'))
+    client = KlimeClient("key", server.url, max_batch_size=2, flush_interval=60_000)
+    for n in range(4):
+        client.track("Settled", {"n": n}, user_id="u")
+    assert client.flush(10) is False  # one batch taken, one refused: both settled
+    started = time.monotonic()
+    assert client.shutdown() is True
+    assert time.monotonic() - started < 0.8  # 1 s or more if it waited for a report
