@@ -442,3 +442,89 @@ def test_shutdown_after_everything_was_settled_returns_at_once(server: ScriptedS
     started = time.monotonic()
     assert client.shutdown() is True
     assert time.monotonic() - started < 0.8  # 1 s or more if it waited for a report
+
+
+# -- the caller's side: enqueue, the sender thread, what flush waits for -------------------
+
+
+def test_an_event_after_shutdown_is_reported_with_its_reason(server: ScriptedServer) -> None:
+    reports: list[Report] = []
+    client = KlimeClient("key", server.url, on_error=lambda e, evs: reports.append((e, evs)))
+    client.shutdown()
+    client.track("Late", {"n": 9}, user_id="u")
+    assert [(str(e), getattr(e, "reason", None), numbers(evs)) for e, evs in reports] == [
+        ("an event was tracked after shutdown()", "after_shutdown", [9])
+    ]
+
+
+def senders() -> set[threading.Thread]:
+    return {thread for thread in threading.enumerate() if thread.name == "klime-sender"}
+
+
+def test_sync_mode_sends_when_a_batch_fills_and_starts_no_thread(server: ScriptedServer) -> None:
+    before = senders()
+    client = KlimeClient("key", server.url, sync_mode=True, max_batch_size=3)
+    for n in range(2):
+        client.track("Sync", {"n": n}, user_id="u")
+    assert server.received == []  # not a full batch yet
+    client.track("Sync", {"n": 2}, user_id="u")  # fills it: sent before track returns
+    assert [numbers(r.events()) for r in server.received] == [[0, 1, 2]]
+    assert senders() - before == set()
+    client.shutdown()
+
+
+def test_the_sender_is_one_daemon_thread_named_for_klime(server: ScriptedServer) -> None:
+    # A daemon, so that it never holds the interpreter open; named, so that it can be
+    # told apart in a thread dump.
+    before = senders()
+    client = KlimeClient("key", server.url)
+    for n in range(3):
+        client.track("Threaded", {"n": n}, user_id="u")
+    [sender] = senders() - before
+    assert sender.daemon is True
+    assert client.flush(10) is True
+    client.shutdown()
+
+
+def test_after_a_flush_a_full_batch_still_sends_full_batches_only(
+    server: ScriptedServer,
+) -> None:
+    client = KlimeClient("key", server.url, max_batch_size=5, flush_interval=60_000)
+    client.track("First", {"n": 0}, user_id="u")
+    assert client.flush(10) is True  # a partial batch, because flush() asked for it
+    worker = client._worker.get()
+    with worker._send_lock:  # all 7 queue up before the sender looks
+        for n in range(1, 8):
+            client.track("A", {"n": n}, user_id="u")
+    wait_for(lambda: len(server.received) == 2)
+    with worker._send_lock:  # the sender has finished that drain
+        assert [len(r.events()) for r in server.received] == [1, 5]
+    assert client.queue_size() == 2  # the remainder waits for the next batch or interval
+    client.shutdown()
+
+
+def test_the_sender_keeps_running_after_the_queue_empties(server: ScriptedServer) -> None:
+    client = KlimeClient("key", server.url, flush_interval=100)
+    client.track("One", {"n": 0}, user_id="u")
+    wait_for(lambda: len(server.received) == 1)  # sent when the interval fell due
+    client.track("Two", {"n": 1}, user_id="u")
+    wait_for(lambda: len(server.received) == 2)  # and again, by the same sender
+    assert [numbers(r.events()) for r in server.received] == [[0], [1]]
+    client.shutdown()
+
+
+def test_flush_waits_only_for_the_events_tracked_before_it(server: ScriptedServer) -> None:
+    # "A" is in flight when flush() starts waiting; "B", tracked during the wait, is
+    # answered seconds later. flush() returns once A is delivered, not waiting for B.
+    server.then(Reply(200, ok_body(1), delay=0.5), Reply(200, ok_body(1), delay=5.0))
+    client = KlimeClient("key", server.url, flush_interval=60_000, shutdown_timeout=0.2)
+    client.track("A", {"n": 0}, user_id="u")
+    results: list[bool] = []
+    flusher = threading.Thread(target=lambda: results.append(client.flush(3)))
+    flusher.start()
+    wait_for(lambda: len(server.received) == 1)  # A is posted: the flush has begun
+    client.track("B", {"n": 1}, user_id="u")
+    flusher.join(10)
+    assert results == [True]
+    assert client.stats().sent == 1  # A, delivered before flush() returned
+    client.shutdown()  # B is still in flight: given up and reported at the deadline
