@@ -237,6 +237,16 @@ def test_with_a_spool_a_refused_batch_is_lost_and_reported(
     client.shutdown()
 
 
+def test_with_a_spool_a_single_event_is_sent_from_disk(
+    server: ScriptedServer, tmp_path: Path
+) -> None:
+    client = KlimeClient("key", server.url, spool_dir=tmp_path / "spool")
+    client.track("Alone", {"n": 0}, user_id="u")
+    assert client.flush(10) is True
+    assert [numbers(r.events()) for r in server.received] == [[0]]
+    client.shutdown()
+
+
 def wait_until_released(spool: Path) -> None:
     """Until no process holds a log in ``spool`` (the sender closes it as it ends)."""
     wait_for(lambda: not any(state.live for state in spool_status(spool)))
