@@ -538,3 +538,34 @@ def test_flush_waits_only_for_the_events_tracked_before_it(server: ScriptedServe
     assert results == [True]
     assert client.stats().sent == 1  # A, delivered before flush() returned
     client.shutdown()  # B is still in flight: given up and reported at the deadline
+
+
+def test_a_full_queue_is_reported_during_a_long_backoff(server: ScriptedServer) -> None:
+    # The sender waits out a 30 s Retry-After inside the delivery; it still reports the
+    # events a full queue dropped meanwhile (its housekeeping), not 30 s later.
+    server.then(Reply(503, headers=(("Retry-After", "30"),)))
+    dropped = threading.Event()
+    reports: list[tuple[str, int]] = []
+
+    def on_error(error: BaseException, events: list[dict[str, Any]]) -> None:
+        reports.append((getattr(error, "reason", "?"), len(events)))
+        if getattr(error, "reason", None) == "queue_full":
+            dropped.set()
+
+    client = KlimeClient(
+        "key",
+        server.url,
+        max_batch_size=2,
+        max_queue_size=2,
+        flush_interval=60_000,
+        shutdown_timeout=0.2,
+        on_error=on_error,
+    )
+    for n in range(2):
+        client.track("Paused", {"n": n}, user_id="u")  # a full batch: posted, then 503
+    wait_for(lambda: len(server.received) == 1)
+    for n in range(2, 7):
+        client.track("Waiting", {"n": n}, user_id="u")  # 2 fit in the queue, 3 do not
+    assert dropped.wait(10)
+    assert reports == [("queue_full", 3)]
+    client.shutdown()
