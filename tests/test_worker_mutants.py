@@ -211,6 +211,7 @@ def test_without_a_spool_a_batch_out_of_attempts_is_lost_and_reported(
     ]
     stats = client.stats()
     assert (stats.failed, stats.queued, stats.dropped) == (3, 0, {"retries_exhausted": 3})
+    assert stats.retries == 0  # one attempt, no retry
     client.shutdown()
 
 
