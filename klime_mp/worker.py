@@ -279,10 +279,10 @@ class Worker:
             source, batch = self._take_batch(full_batches_only)
             if source is None:
                 return
-            settled = self._deliver(source, batch)
+            settled = self._deliver(source, batch, deadline)
             self._ledger.report_parked()
             if not settled:
-                return  # kept on disk for later (the deadline came first): stop here
+                return  # kept for later (on disk, or a deadline came first): stop here
 
     def _take_batch(self, full_batches_only: bool) -> tuple[Source | None, list[bytes]]:
         """The next batch: the spool's events first, then memory's (a failed disk)."""
@@ -299,9 +299,10 @@ class Worker:
             self._in_flight, self._in_flight_source = batch, source
         return source, batch
 
-    def _deliver(self, source: Source, batch: list[bytes]) -> bool:
-        """Post one batch and settle it; False when it was kept on disk unsent."""
-        delivery = self._post(batch)
+    def _deliver(self, source: Source, batch: list[bytes], deadline: float | None) -> bool:
+        """Post one batch and settle it; False when it was kept (on disk, or queued at a
+        flush's deadline) unsent."""
+        delivery = self._post(batch, deadline)
         with self._lock:
             mine = self._in_flight is batch
             self._in_flight = self._in_flight_source = None
@@ -323,8 +324,11 @@ class Worker:
         return not kept
 
     def _keeps(self, source: Source, delivery: Delivery) -> bool:
-        """Events from the spool are lost only to a refusal; the rest waits on disk."""
+        """Events from the spool are lost only to a refusal; the rest waits on disk.
+        Before shutdown, a deadline can only be a flush's: its batch stays queued."""
         reason = getattr(delivery.error, "reason", None)
+        if reason == SHUTDOWN_TIMEOUT and not self._closed:
+            return True
         return source is self._spool and reason != REJECTED
 
     def _settle(self, batch: list[bytes], delivery: Delivery) -> None:
@@ -367,17 +371,19 @@ class Worker:
         self._ledger.delivered(1 - min(max(delivery.response.failed, 0), 1), delivery.retries)
         return delivery.response
 
-    def _post(self, batch: list[bytes]) -> Delivery:
-        """Send one batch. Caller holds _send_lock."""
+    def _post(self, batch: list[bytes], deadline: float | None = None) -> Delivery:
+        """Send one batch, retrying until ``deadline`` (a flush's, when it sends from
+        the caller's thread) or shutdown's. Caller holds _send_lock."""
         body = b'{"batch":[' + b",".join(batch) + b"]}"
+
+        def current_deadline() -> float | None:  # shutdown's may be set while this runs
+            return min((d for d in (deadline, self._deadline) if d is not None), default=None)
+
         try:
-            return self._deliverer.send(body, self._current_deadline)
+            return self._deliverer.send(body, current_deadline)
         except Exception as exc:  # a bug or an exotic failure must not kill the thread
             self._options.logger.exception("Klime: unexpected error while sending a batch")
             return Delivery(None, exc, 0)
-
-    def _current_deadline(self) -> float | None:
-        return self._deadline
 
     # -- the end: what shutdown could not send --------------------------------------------
 
