@@ -251,7 +251,8 @@ SIGTERM_DURING_EXIT_FLUSH = """
 import os, signal, sys
 from klime_mp import forksafe
 signal.signal(signal.SIGTERM, forksafe._flush_then_terminate)
-forksafe._exit_flush_running = os.getpid()  # as if this process were in its exit flush
+# The PID whose exit flush is running: this process's own, another's, or none (0).
+forksafe._exit_flush_running = os.getpid() if sys.argv[1] == "self" else int(sys.argv[1])
 os.kill(os.getpid(), signal.SIGTERM)
 # Still alive: the flush under way is left to finish, and a second SIGTERM kills.
 print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
@@ -260,14 +261,27 @@ os._exit(0)
 """
 
 
-def test_sigterm_during_the_exit_flush_lets_that_flush_finish() -> None:
+@pytest.mark.parametrize(
+    ("flushing", "outcome"),
+    [
+        ("self", (0, ["True"])),  # its own flush is under way: let it finish
+        ("0", (-signal.SIGTERM, [])),  # none: flush, then die of SIGTERM
+        # Another PID's (a child forked during its parent's exit flush inherits that
+        # PID there): not this process's flush, even when the PID is higher.
+        (str(HIGHER_PID), (-signal.SIGTERM, [])),
+    ],
+    ids=["own", "none", "another"],
+)
+def test_sigterm_during_an_exit_flush_lets_only_this_processs_own_finish(
+    flushing: str, outcome: tuple[int, list[str]]
+) -> None:
     out = subprocess.run(
-        [sys.executable, "-c", SIGTERM_DURING_EXIT_FLUSH],
+        [sys.executable, "-c", SIGTERM_DURING_EXIT_FLUSH, flushing],
         capture_output=True,
         text=True,
         timeout=20,
     )
-    assert (out.returncode, out.stdout.split()) == (0, ["True"]), out.stderr
+    assert (out.returncode, out.stdout.split()) == outcome, out.stderr
 
 
 KEEP_SIGTERM = """
@@ -314,3 +328,16 @@ def test_a_multiprocessing_child_keeps_a_sigterm_action_someone_else_set(
         "ignored": "kept",  # ...never an ignored SIGTERM...
         "own handler": "kept",  # ...nor the application's own handler
     }
+
+
+def test_a_built_value_is_handed_out_without_the_process_lock() -> None:
+    # The lock guards first use only: track() must not wait while another thread holds
+    # it (building its own value, or configure() of the default client).
+    local = forksafe.ProcessLocal(FakeState, Exits())
+    value = local.get()
+    got: list[FakeState] = []
+    with forksafe.process_lock():
+        reader = threading.Thread(target=lambda: got.append(local.get()), daemon=True)
+        reader.start()
+        reader.join(10)
+        assert got == [value], "get() waited for the process lock"
