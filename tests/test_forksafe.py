@@ -21,7 +21,9 @@ import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
+import fork_helpers as h
 import pytest
+from conftest import CollectorProcess
 
 from klime_mp import forksafe
 
@@ -341,3 +343,49 @@ def test_a_built_value_is_handed_out_without_the_process_lock() -> None:
         reader.start()
         reader.join(10)
         assert got == [value], "get() waited for the process lock"
+
+
+BUILT_AT_IMPORT = """
+import json, multiprocessing, os, sys, time
+from klime_mp import KlimeClient
+
+# Tracked while this module is imported: in a spawn or forkserver child that is before
+# the child counts as one (multiprocessing.parent_process() is still None).
+CLIENT = KlimeClient("key", endpoint=os.environ["KLIME_TEST_ENDPOINT"], flush_interval=60_000)
+CLIENT.track("Imported", {"tag": f"imported-{os.getpid()}"}, user_id="u")
+
+
+def busy(ready):
+    ready.set()
+    time.sleep(60)
+
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context(sys.argv[1])
+    ready = ctx.Event()
+    child = ctx.Process(target=busy, args=(ready,))
+    child.start()
+    assert ready.wait(30), "the child never started its task"
+    child.terminate()
+    child.join(30)
+    assert child.exitcode == -15, child.exitcode  # died of SIGTERM, after its flush
+    print(json.dumps({"tags": [f"imported-{os.getpid()}", f"imported-{child.pid}"]}))
+"""
+
+
+@pytest.mark.fork
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_a_child_terminated_flushes_what_it_tracked_while_importing_the_main_module(
+    collector_process: CollectorProcess, tmp_path: Path, method: str
+) -> None:
+    # Its only client was built during that import, so no later first use installs the
+    # SIGTERM flush: a spawn child (Python 3.10+ runs no after-fork hook in it) needs
+    # it installed during the import itself, a forkserver child from the hook.
+    script = tmp_path / "built_at_import.py"
+    script.write_text(BUILT_AT_IMPORT)
+    env = h.script_env(collector_process.url, tmp_path / "outcomes.jsonl")
+    out = subprocess.run(
+        [sys.executable, str(script), method], capture_output=True, text=True, timeout=90, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    h.assert_delivered_once(collector_process, json.loads(out.stdout)["tags"])
