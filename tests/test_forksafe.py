@@ -360,32 +360,46 @@ def busy(ready):
     time.sleep(60)
 
 
+def nothing(ready):
+    ready.set()
+
+
 if __name__ == "__main__":
-    ctx = multiprocessing.get_context(sys.argv[1])
+    method, ending = sys.argv[1], sys.argv[2]
+    ctx = multiprocessing.get_context(method)
     ready = ctx.Event()
-    child = ctx.Process(target=busy, args=(ready,))
+    child = ctx.Process(target=busy if ending == "terminated" else nothing, args=(ready,))
     child.start()
     assert ready.wait(30), "the child never started its task"
-    child.terminate()
+    if ending == "terminated":
+        child.terminate()
     child.join(30)
-    assert child.exitcode == -15, child.exitcode  # died of SIGTERM, after its flush
+    # Died of SIGTERM (after its flush), or returned.
+    assert child.exitcode == (-15 if ending == "terminated" else 0), child.exitcode
     print(json.dumps({"tags": [f"imported-{os.getpid()}", f"imported-{child.pid}"]}))
 """
 
 
 @pytest.mark.fork
+@pytest.mark.parametrize("ending", ["terminated", "returned"])
 @pytest.mark.parametrize("method", ["spawn", "forkserver"])
-def test_a_child_terminated_flushes_what_it_tracked_while_importing_the_main_module(
-    collector_process: CollectorProcess, tmp_path: Path, method: str
+def test_a_child_flushes_what_it_tracked_while_importing_the_main_module(
+    collector_process: CollectorProcess, tmp_path: Path, method: str, ending: str
 ) -> None:
-    # Its only client was built during that import, so no later first use installs the
-    # SIGTERM flush: a spawn child (Python 3.10+ runs no after-fork hook in it) needs
-    # it installed during the import itself, a forkserver child from the hook.
+    # Its only client was built during that import, so no later first use hooks it.
+    # A spawn child (Python 3.10+ runs no after-fork hook in it) needs its SIGTERM
+    # flush installed during the import itself; a forkserver child then has the
+    # finalizers registered so far cleared, and its exit flush (it leaves through
+    # os._exit) comes back only through the after-fork hook.
     script = tmp_path / "built_at_import.py"
     script.write_text(BUILT_AT_IMPORT)
     env = h.script_env(collector_process.url, tmp_path / "outcomes.jsonl")
     out = subprocess.run(
-        [sys.executable, str(script), method], capture_output=True, text=True, timeout=90, env=env
+        [sys.executable, str(script), method, ending],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=env,
     )
     assert out.returncode == 0, out.stderr
     h.assert_delivered_once(collector_process, json.loads(out.stdout)["tags"])
