@@ -239,7 +239,11 @@ def _install_exit_hooks(pid: int) -> None:
     It is registered in the child itself, after multiprocessing has cleared the
     finalizers it inherited from its parent."""
     hosts.install_for_process(pid)  # uWSGI's and Celery's own exit paths, if running there
-    in_child = pid == _multiprocessing_child or multiprocessing.parent_process() is not None
+    in_child = (
+        pid == _multiprocessing_child
+        or multiprocessing.parent_process() is not None
+        or _importing_the_parents_main()
+    )
     if pid in _exit_hook_pids or not in_child:
         return
     _exit_hook_pids.add(pid)
@@ -247,12 +251,22 @@ def _install_exit_hooks(pid: int) -> None:
     _install_sigterm_flush()
 
 
+def _importing_the_parents_main() -> bool:
+    # A spawn or forkserver child imports its parent's main module before it counts as
+    # a child (parent_process() is still None), and from Python 3.10 on a spawn child
+    # runs no after-fork hook later (``SpawnProcess._after_fork`` does nothing): a value
+    # built during that import must be hooked then. multiprocessing marks the import
+    # itself this way (its own check against starting processes while importing).
+    return bool(getattr(multiprocessing.current_process(), "_inheriting", False))
+
+
 def _multiprocessing_child_started(_anchor: object) -> None:
-    # multiprocessing runs this in each child it starts (fork, forkserver, spawn), just
-    # after clearing the finalizers inherited from the parent; so does billiard
-    # (Celery's prefork pool), which shares multiprocessing.util's registries but not
-    # its parent_process(). A spawn child may have built a value already, while
-    # importing the parent's modules, before it counted as a child: hook it now.
+    # multiprocessing runs this in each child it starts by forking (fork, forkserver;
+    # spawn only before Python 3.10), just after clearing the finalizers inherited from
+    # the parent; so does billiard (Celery's prefork pool), which shares
+    # multiprocessing.util's registries but not its parent_process(). A forkserver
+    # child may have built a value already, while importing the parent's main module,
+    # and had its finalizer cleared since: hook it again now.
     global _multiprocessing_child
     pid = _multiprocessing_child = getpid()
     _exit_hook_pids.discard(pid)

@@ -256,6 +256,17 @@ def test_sigterm_flush_of_a_pool_worker_is_bounded_by_the_sum_of_shutdown_timeou
 
 
 @pytest.mark.fork
+def test_sigterm_flush_of_a_busy_process_waits_out_every_clients_shutdown_timeout(
+    tmp_path: Path, blackhole: str
+) -> None:
+    # Process.terminate() on a busy process: the SIGTERM handler's flush, unanswered.
+    # Each of the two clients must get its whole 1.5 s before the process dies (a load
+    # only makes that later), and the process must still be gone soon after 3.5 s.
+    took = run_pool(tmp_path, "process", blackhole, clients=2, shutdown_timeout=1.5)
+    assert 2 * 1.5 <= took <= 3.5 + 5.0, took
+
+
+@pytest.mark.fork
 def test_sigterm_flush_gives_every_client_its_own_shutdown_timeout(tmp_path: Path) -> None:
     # Process.terminate() on a busy process, so the SIGTERM handler flushes (a pool's
     # idle worker may leave through its exit finalizer instead). Three clients, each
