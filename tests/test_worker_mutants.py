@@ -50,6 +50,15 @@ def numbers(events: list[dict[str, Any]]) -> list[int]:
     return [event["properties"]["n"] for event in events]
 
 
+def reporting_client(server: ScriptedServer, **options: Any) -> tuple[KlimeClient, list[Report]]:
+    """A client of ``server`` whose on_error calls are collected, in order."""
+    reports: list[Report] = []
+    client = KlimeClient(
+        "key", server.url, on_error=lambda e, evs: reports.append((e, evs)), **options
+    )
+    return client, reports
+
+
 # -- the *_sync methods (Worker.send_now) ------------------------------------------------
 
 
@@ -82,8 +91,7 @@ def test_a_sync_send_counts_the_event_as_sent_unless_the_server_refused_it(
 
 def test_a_refused_sync_send_raises_with_the_event_and_counts_it(server: ScriptedServer) -> None:
     server.then(Reply(400, b'{"status":"error","message":"bad write key"}'))
-    reports: list[Report] = []
-    client = KlimeClient("key", server.url, on_error=lambda e, evs: reports.append((e, evs)))
+    client, reports = reporting_client(server)
     with pytest.raises(SendError) as raised:
         client.track_sync("Sync", {"n": 3}, user_id="u")
     assert str(raised.value).startswith("rejected with HTTP 400: ")
@@ -127,8 +135,7 @@ def test_a_sync_send_after_shutdown_raises_without_sending(server: ScriptedServe
 
 
 def test_an_oversized_event_reaches_on_error_with_its_reason(server: ScriptedServer) -> None:
-    reports: list[Report] = []
-    client = KlimeClient("key", server.url, on_error=lambda e, evs: reports.append((e, evs)))
+    client, reports = reporting_client(server)
     client.track("Big", {"blob": "x" * 200 * 1024}, user_id="u")
     [(error, events)] = reports
     assert isinstance(error, EventTooLargeError)
@@ -199,10 +206,7 @@ def test_without_a_spool_a_batch_out_of_attempts_is_lost_and_reported(
     server: ScriptedServer,
 ) -> None:
     server.then(Reply(503))
-    reports: list[Report] = []
-    client = KlimeClient(
-        "key", server.url, retry_max_attempts=1, on_error=lambda e, evs: reports.append((e, evs))
-    )
+    client, reports = reporting_client(server, retry_max_attempts=1)
     for n in range(3):
         client.track("Lost", {"n": n}, user_id="u")
     assert client.flush(10) is False
@@ -219,13 +223,7 @@ def test_with_a_spool_a_refused_batch_is_lost_and_reported(
     server: ScriptedServer, tmp_path: Path
 ) -> None:
     server.then(Reply(400, b'{"status":"error","message":"no"}'))
-    reports: list[Report] = []
-    client = KlimeClient(
-        "key",
-        server.url,
-        spool_dir=tmp_path / "spool",
-        on_error=lambda e, evs: reports.append((e, evs)),
-    )
+    client, reports = reporting_client(server, spool_dir=tmp_path / "spool")
     for n in range(3):
         client.track("Refused", {"n": n}, user_id="u")
     assert client.flush(10) is False
@@ -263,14 +261,8 @@ def test_with_a_spool_shutdown_leaves_an_unsent_batch_on_disk_unreported(
 ) -> None:
     server.then(*[Reply(503)] * 50)
     spool = tmp_path / "spool"
-    reports: list[Report] = []
-    client = KlimeClient(
-        "key",
-        server.url,
-        spool_dir=spool,
-        retry_initial_delay=50,
-        shutdown_timeout=0.5,
-        on_error=lambda e, evs: reports.append((e, evs)),
+    client, reports = reporting_client(
+        server, spool_dir=spool, retry_initial_delay=50, shutdown_timeout=0.5
     )
     for n in range(3):
         client.track("Kept", {"n": n}, user_id="u")
@@ -285,14 +277,8 @@ def test_with_a_spool_shutdown_leaves_an_unsent_batch_on_disk_unreported(
 
 def test_shutdown_reports_the_batch_in_flight_apart_from_the_rest(server: ScriptedServer) -> None:
     server.then(Reply(200, ok_body(2), delay=3.0))  # answers after shutdown has returned
-    reports: list[Report] = []
-    client = KlimeClient(
-        "key",
-        server.url,
-        max_batch_size=2,
-        flush_interval=60_000,
-        shutdown_timeout=0.3,
-        on_error=lambda e, evs: reports.append((e, evs)),
+    client, reports = reporting_client(
+        server, max_batch_size=2, flush_interval=60_000, shutdown_timeout=0.3
     )
     for n in range(2):
         client.track("Slow", {"n": n}, user_id="u")  # a full batch: the sender posts it
@@ -317,15 +303,8 @@ def test_with_a_spool_the_batch_in_flight_at_shutdown_is_settled_by_the_sender(
     # batch and only then closes the log (deleted: nothing left for a successor).
     server.then(Reply(200, ok_body(2), delay=1.5))
     spool = tmp_path / "spool"
-    reports: list[Report] = []
-    client = KlimeClient(
-        "key",
-        server.url,
-        spool_dir=spool,
-        max_batch_size=2,
-        flush_interval=60_000,
-        shutdown_timeout=0.3,
-        on_error=lambda e, evs: reports.append((e, evs)),
+    client, reports = reporting_client(
+        server, spool_dir=spool, max_batch_size=2, flush_interval=60_000, shutdown_timeout=0.3
     )
     for n in range(2):
         client.track("Slow", {"n": n}, user_id="u")
@@ -381,14 +360,8 @@ def test_shutdown_without_a_sender_thread_gives_up_at_its_deadline_in_a_backoff(
     # Sync mode: shutdown() sends from the calling thread. After the first 503 the next
     # attempt is 2.5 to 5 s away, past the 0.5 s deadline: shutdown gives up at once.
     server.then(*[Reply(503)] * 5)
-    reports: list[Report] = []
-    client = KlimeClient(
-        "key",
-        server.url,
-        sync_mode=True,
-        retry_initial_delay=5000,
-        shutdown_timeout=0.5,
-        on_error=lambda e, evs: reports.append((e, evs)),
+    client, reports = reporting_client(
+        server, sync_mode=True, retry_initial_delay=5000, shutdown_timeout=0.5
     )
     client.track("Down", {"n": 0}, user_id="u")
     started = time.monotonic()
@@ -410,14 +383,7 @@ def test_flush_without_a_sender_thread_returns_by_its_timeout_and_keeps_the_even
     # timeout bounds the retries too (an outage must not hold the caller), and the event
     # it could not send stays queued for a later flush or shutdown, not lost.
     server.then(*[Reply(503)] * 20)
-    reports: list[Report] = []
-    client = KlimeClient(
-        "key",
-        server.url,
-        sync_mode=True,
-        retry_initial_delay=1000,
-        on_error=lambda e, evs: reports.append((e, evs)),
-    )
+    client, reports = reporting_client(server, sync_mode=True, retry_initial_delay=1000)
     client.track("Later", {"n": 0}, user_id="u")
     started = time.monotonic()
     assert client.flush(1) is False
@@ -459,8 +425,7 @@ def test_shutdown_after_everything_was_settled_returns_at_once(server: ScriptedS
 
 
 def test_an_event_after_shutdown_is_reported_with_its_reason(server: ScriptedServer) -> None:
-    reports: list[Report] = []
-    client = KlimeClient("key", server.url, on_error=lambda e, evs: reports.append((e, evs)))
+    client, reports = reporting_client(server)
     client.shutdown()
     client.track("Late", {"n": 9}, user_id="u")
     assert [(str(e), getattr(e, "reason", None), numbers(evs)) for e, evs in reports] == [
