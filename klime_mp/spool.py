@@ -224,21 +224,6 @@ class EventLog(Log):
         if segment.size >= SEGMENT_BYTES:
             self._roll = True
 
-    def take(self, max_events: int, max_bytes: int) -> list[bytes]:
-        """``Log.take``, from memory while the sender keeps up (see ``spool_unread``)."""
-        check_limit("max_events", max_events)
-        check_limit("max_bytes", max_bytes)
-        with self._lock:
-            self._check_open()
-            cursor = self._cursor
-            payloads, ends = self._unread.take(pack_position(cursor), max_events, max_bytes)
-            if payloads:
-                # Not _count_torn: that region of the disk is still unread, and a rewind
-                # that reads it must count what it finds damaged there.
-                self._advance(unpack_position(ends[-1]), ends)
-                return payloads
-        return super().take(max_events, max_bytes)
-
     def pending(self) -> int:
         """Records appended and not yet acknowledged (nor dropped by the size limit)."""
         return self._appended - self._settled_count
@@ -377,6 +362,15 @@ class EventLog(Log):
 
     def _settled(self, count: int) -> None:
         self._settled_count += count
+
+    def _take_unread(self, cursor: Position, max_events: int, max_bytes: int) -> list[bytes]:
+        # From memory while the sender keeps up (see spool_unread).
+        payloads, ends = self._unread.take(pack_position(cursor), max_events, max_bytes)
+        if payloads:
+            # Not _count_torn: that region of the disk is still unread, and a rewind
+            # that reads it must count what it finds damaged there.
+            self._advance(unpack_position(ends[-1]), ends)
+        return payloads
 
     def _count_torn(self, start: Position, end: Position, corrupt: int) -> None:
         if start >= self._seen:

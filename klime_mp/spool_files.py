@@ -222,6 +222,9 @@ class Log:
             with self._lock:
                 self._check_open()
                 generation, cursor = self._generation, self._cursor
+                taken = self._take_unread(cursor, max_events, max_bytes)
+                if taken:
+                    return taken
                 view = [(s.seq, s.fd, s.size) for s in self._segments if s.seq >= cursor.segment]
             batch = fmt.Batch()
             ends: list[int] = []
@@ -340,6 +343,11 @@ class Log:
 
     def _taken(self, ends: list[int]) -> None:
         pass
+
+    def _take_unread(self, cursor: Position, max_events: int, max_bytes: int) -> list[bytes]:
+        """Records after ``cursor`` served without reading the disk (none here). Caller
+        holds ``_lock``; what it returns has been taken (``_advance``)."""
+        return []
 
     def acknowledged_position(self) -> Position:
         with self._lock:
