@@ -11,6 +11,7 @@ thread). Where each event ends up is the ``Ledger``'s business.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from typing import Any, Callable, Protocol
@@ -272,8 +273,7 @@ class Worker:
 
     def _drain_locked(self, deadline: float | None, full_batches_only: bool = False) -> None:
         while True:
-            # shutdown() may set its deadline while this runs: honour the nearer one
-            limit = min((d for d in (deadline, self._deadline) if d is not None), default=None)
+            limit = self._nearer_deadline(deadline)
             if limit is not None and time.monotonic() >= limit:
                 return
             source, batch = self._take_batch(full_batches_only)
@@ -375,15 +375,16 @@ class Worker:
         """Send one batch, retrying until ``deadline`` (a flush's, when it sends from
         the caller's thread) or shutdown's. Caller holds _send_lock."""
         body = b'{"batch":[' + b",".join(batch) + b"]}"
-
-        def current_deadline() -> float | None:  # shutdown's may be set while this runs
-            return min((d for d in (deadline, self._deadline) if d is not None), default=None)
-
         try:
-            return self._deliverer.send(body, current_deadline)
+            return self._deliverer.send(body, functools.partial(self._nearer_deadline, deadline))
         except Exception as exc:  # a bug or an exotic failure must not kill the thread
             self._options.logger.exception("Klime: unexpected error while sending a batch")
             return Delivery(None, exc, 0)
+
+    def _nearer_deadline(self, deadline: float | None) -> float | None:
+        """``deadline`` or shutdown's, whichever comes first (None: neither). Read anew
+        each time: shutdown() may set its deadline while a drain or a send runs."""
+        return min((d for d in (deadline, self._deadline) if d is not None), default=None)
 
     # -- the end: what shutdown could not send --------------------------------------------
 
@@ -448,20 +449,12 @@ class Worker:
     def _wait_reported(self, deadline: float) -> None:
         """Until the sender has finished settling the batches it took out of flight."""
         with self._progress:
-            while self._reporting:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                self._progress.wait(remaining)
+            self._progress.wait_for(lambda: not self._reporting, deadline - time.monotonic())
 
     def _wait_finished(self, target: int, deadline: float) -> bool:
         with self._progress:
-            while not self._settled(target):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._progress.wait(remaining)
-        return True
+            settled = functools.partial(self._settled, target)
+            return self._progress.wait_for(settled, deadline - time.monotonic())
 
 
 def rejected_events(batch: list[bytes], response: BatchResponse) -> list[bytes]:
