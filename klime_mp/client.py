@@ -211,10 +211,11 @@ class KlimeClient:
     def _enqueue(self, data: bytes) -> None:
         """Hand one encoded event to this process's worker (built once per process)."""
         worker = self._worker.get()
-        if len(data) > events.MAX_EVENT_BYTES:
+        try:
+            events.check_size(data)
+        except EventTooLargeError as error:
             # Oversized events depend on data, not on the code path: raising here could
             # fail a web request in production, so they are dropped, counted and reported.
-            error = EventTooLargeError(len(data), events.MAX_EVENT_BYTES)
             worker.refuse(OVERSIZED, error, [json.loads(data)])
             return
         worker.enqueue(data)
