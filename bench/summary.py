@@ -86,7 +86,8 @@ def cpu(raw: Raw) -> Raw:
     base = [per_request(r) for r in raw["none"]]
     per_event: dict[str, list[Raw | None]] = {}
     table: Raw = {}
-    for sdk in SDKS:
+    # encode_only: absent from results made before that baseline existed
+    for sdk in (*SDKS, *(["encode_only"] if raw.get("encode_only") else [])):
         mine = [per_request(r) for r in raw[sdk]]
         per_event[sdk] = [
             None if us is None or none is None else {"us": us - none}
@@ -98,15 +99,6 @@ def cpu(raw: Raw) -> Raw:
             "requests": _over_runs(raw[sdk], _field("requests")),
         }
     table["none"] = {"us_per_request": summarize(base), **_fields(raw["none"], ("requests",))}
-    if raw.get("encode_only"):  # results from before this baseline existed have none
-        floor = [per_request(r) for r in raw["encode_only"]]
-        table["encode_only"] = {
-            "us_per_event": summarize(
-                [None if us is None or none is None else us - none for us, none in zip(floor, base)]
-            ),
-            "us_per_request": summarize(floor),
-            **_fields(raw["encode_only"], ("requests",)),
-        }
     return {"sdks": table, "ratio": _best_peer_ratio(per_event, _field("us"), lower_is_better=True)}
 
 
