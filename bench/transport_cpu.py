@@ -9,7 +9,7 @@ and the median round is reported, so a burst of load on the machine hits all of 
 
 Variants: ``http.client`` on one connection (what the transport cost before it moved
 to urllib3: within a few µs of this), a bare urllib3 ``HTTPConnectionPool.urlopen``,
-and ``klime_mp.transport.Transport.post``.
+and ``klime_mp.delivery.transport.Transport.post``.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from urllib.parse import urlsplit
 import urllib3
 
 from bench.control import SinkProcess
+from klime_mp.delivery.transport import Transport
 from klime_mp.options import build_options
-from klime_mp.transport import Transport
 
 EVENTS = 20
 HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer k", "User-Agent": "b"}

@@ -19,8 +19,8 @@ from klime_mp.default import (
     shutdown,
     track,
 )
-from klime_mp.delivery import DeliveryError
-from klime_mp.ledger import LossReport, Stats
+from klime_mp.delivery.accounting import LossReport, Stats
+from klime_mp.delivery.deliverer import DeliveryError
 from klime_mp.responses import BatchResponse, EventTooLargeError, SendError, ValidationError
 
 __all__ = [

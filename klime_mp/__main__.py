@@ -46,12 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_arguments(demo_parser)
     demo_parser.set_defaults(run=demo.run)
 
-    from klime_mp import spool_cli
+    from klime_mp.cli import spool as spool_cli
 
     spool_parser = commands.add_parser("spool", help="look into a spool directory (spool_dir)")
     spool_cli.add_arguments(spool_parser)
 
-    from klime_mp import import_cli
+    from klime_mp.cli import import_events as import_cli
 
     import_parser = commands.add_parser(
         "import",

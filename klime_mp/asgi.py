@@ -23,8 +23,9 @@ import logging
 from collections.abc import Awaitable, MutableMapping
 from typing import Any, Callable
 
-from klime_mp import default, forksafe
+from klime_mp import default
 from klime_mp.client import KlimeClient
+from klime_mp.lifecycle import forksafe
 from klime_mp.wsgi import DEFAULT_TIMEOUT_S, flush_process
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ and neither does ``atexit``. Just before ``os._exit`` the child calls the pool's
 ``on_exit``, through which Celery sends ``worker_process_shutdown``; connecting that
 signal is the one exit path a prefork child always takes.
 
-Nothing to configure: ``klime_mp.hosts`` connects it on the first use of a client in a
+Nothing to configure: ``klime_mp.lifecycle.hosts`` connects it on the first use of a client in a
 process that has imported Celery. Calling ``connect()`` yourself is harmless.
 This module is ``klime_mp.celery``; ``import celery`` elsewhere still means Celery.
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable, Protocol, cast
 
-from klime_mp import forksafe
+from klime_mp.lifecycle import forksafe
 
 DISPATCH_UID = "klime_mp.celery.flush_on_process_shutdown"
 

@@ -16,12 +16,13 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Optional
 
-from klime_mp import events, forksafe
-from klime_mp.forksafe import ProcessLocal
+from klime_mp import events
+from klime_mp.delivery.worker import OVERSIZED, Stats, Worker
+from klime_mp.lifecycle import forksafe
+from klime_mp.lifecycle.forksafe import ProcessLocal
 from klime_mp.options import ErrorCallback, Options, SuccessCallback, build_options
 from klime_mp.responses import BatchResponse, EventTooLargeError, SendError
 from klime_mp.timestamps import Timestamp, to_wire
-from klime_mp.worker import OVERSIZED, Stats, Worker
 
 Properties = Optional[Mapping[str, Any]]
 

@@ -33,8 +33,8 @@ import os as _os
 import threading as _threading
 from typing import Any as _Any
 
-from klime_mp import forksafe as _forksafe
-from klime_mp.worker import Worker as _Worker
+from klime_mp.delivery.worker import Worker as _Worker
+from klime_mp.lifecycle import forksafe as _forksafe
 
 _log = _logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """uWSGI hooks: send a worker's queued events when it exits; check the setup per worker.
 
 Nothing to do: ``klime_mp.configure()`` and the first event of any client install these
-hooks when they run inside uWSGI (``klime_mp.hosts``). Importing it yourself, from the
+hooks when they run inside uWSGI (``klime_mp.lifecycle.hosts``). Importing it yourself, from the
 ini (``import = klime_mp.uwsgi``) or the app module, does the same, once per process
 tree whichever comes first. Outside uWSGI the import does nothing. It adds to, and
 never replaces, hooks that are already set:
@@ -33,7 +33,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any, Callable, Protocol, cast
 
-from klime_mp import forksafe
+from klime_mp.lifecycle import forksafe
 from klime_mp.wsgi import DEFAULT_TIMEOUT_S, flush_process
 
 logger = logging.getLogger(__name__)

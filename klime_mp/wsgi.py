@@ -18,9 +18,9 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable
 
-from klime_mp import forksafe
 from klime_mp.client import KlimeClient
-from klime_mp.worker import FLUSH_TIMEOUT_S, Worker
+from klime_mp.delivery.worker import FLUSH_TIMEOUT_S, Worker
+from klime_mp.lifecycle import forksafe
 
 DEFAULT_TIMEOUT_S = 5.0
 

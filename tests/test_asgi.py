@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 
 import klime_mp
-from klime_mp import recovery
 from klime_mp.asgi import KlimeMiddleware
 from klime_mp.collector import Collector
+from klime_mp.delivery import spooled as recovery
 from tests.servers import (
     APPS,
     Servers,

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from klime_mp.delivery import Deliverer, Delivery, DeliveryError
+from klime_mp.delivery.deliverer import Deliverer, Delivery, DeliveryError
+from klime_mp.delivery.transport import Transport
 from klime_mp.options import build_options
 from klime_mp.responses import BatchResponse, ValidationError
-from klime_mp.transport import Transport
 from tests.scripted_server import Reply, ScriptedServer
 
 BODY = b'{"batch":[{"type":"track","event":"A","messageId":"m1","userId":"u"}]}'

@@ -20,7 +20,7 @@ import fork_helpers as h
 import pytest
 from conftest import CollectorProcess
 
-from klime_mp import forksafe
+from klime_mp.lifecycle import forksafe
 
 # -- the registry, without forking (the PID source is injectable) ---------------------------
 
@@ -92,7 +92,8 @@ before = len(registered)
 clients = [klime_mp.KlimeClient("k", endpoint="http://127.0.0.1:9") for _ in range(50)]
 for c in clients:
     c.track("e", user_id="u")  # builds every per-process worker
-mine = [h for h in registered if h.get("after_in_child").__module__ == "klime_mp.forksafe"]
+ours = "klime_mp.lifecycle.forksafe"
+mine = [h for h in registered if h.get("after_in_child").__module__ == ours]
 print(len(mine), len(registered) - before)
 os._exit(0)
 """

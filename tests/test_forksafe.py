@@ -1,4 +1,4 @@
-"""The registry's own contracts (klime_mp/forksafe.py), mostly within one process.
+"""The registry's own contracts (klime_mp/lifecycle/forksafe.py), mostly within one process.
 
 What the fork, multiprocessing and exit scenarios cannot pin down: they run on real
 PIDs, which a fresh child gets above its parent's, and their clients only ever use
@@ -25,7 +25,7 @@ import fork_helpers as h
 import pytest
 from conftest import CollectorProcess
 
-from klime_mp import forksafe
+from klime_mp.lifecycle import forksafe
 
 LOWER_PID = 2  # below any PID the test runner has (1 is init's)
 HIGHER_PID = 4_000_000_000  # above Linux's pid_max
@@ -163,7 +163,7 @@ def test_a_parent_state_whose_abandon_fails_does_not_fail_the_child(
     local = forksafe.ProcessLocal(Broken, Exits())
     local.get()
     monkeypatch.setattr(forksafe, "getpid", lambda: HIGHER_PID)
-    with caplog.at_level(logging.DEBUG, logger="klime_mp.forksafe"):
+    with caplog.at_level(logging.DEBUG, logger="klime_mp.lifecycle.forksafe"):
         child = local.get()
     assert isinstance(child, Broken)
     [record] = [r for r in caplog.records if "parent's state" in r.getMessage()]
@@ -251,7 +251,7 @@ def test_a_process_multiprocessing_did_not_start_keeps_sigterms_default_action()
 
 SIGTERM_DURING_EXIT_FLUSH = """
 import os, signal, sys
-from klime_mp import forksafe
+from klime_mp.lifecycle import forksafe
 signal.signal(signal.SIGTERM, forksafe._flush_then_terminate)
 # The PID whose exit flush is running: this process's own, another's, or none (0).
 forksafe._exit_flush_running = os.getpid() if sys.argv[1] == "self" else int(sys.argv[1])
@@ -289,7 +289,7 @@ def test_sigterm_during_an_exit_flush_lets_only_this_processs_own_finish(
 KEEP_SIGTERM = """
 import json, multiprocessing, os, signal
 import klime_mp
-from klime_mp import forksafe
+from klime_mp.lifecycle import forksafe
 
 def own_handler(signum, frame):
     pass

@@ -19,7 +19,7 @@ from typing import Any, Callable, cast
 import pytest
 
 from klime_mp import KlimeClient, events
-from klime_mp.delivery import Deliverer
+from klime_mp.delivery.deliverer import Deliverer
 from klime_mp.options import build_options
 from tests.scripted_server import Reply, ScriptedServer
 

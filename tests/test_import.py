@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from klime_mp.import_lines import jsonl_fields, to_event
+from klime_mp.importer.lines import jsonl_fields, to_event
 from tests.conftest import CollectorProcess
 
 pytestmark = pytest.mark.server

@@ -22,7 +22,7 @@ from pathlib import Path
 import fork_helpers as h
 import pytest
 
-from klime_mp import spool
+from klime_mp.spool import log as spool
 
 SCRIPT = Path(__file__).resolve().parent / "scripts" / "spool_scenarios.py"
 HEADER = 20  # bytes before each payload on disk (magic, crc, length, time)
@@ -335,7 +335,7 @@ def test_foreign_and_damaged_files_are_skipped_with_one_warning(
     (app / "notes.txt").write_text("not ours")
     (app / "subdir").mkdir()
     (app / "9-0000000a.ledger").write_bytes(b"garbage")  # a ledger that is not one
-    with caplog.at_level(logging.WARNING, logger="klime_mp.spool"):
+    with caplog.at_level(logging.WARNING, logger="klime_mp.spool.log"):
         found = []
         while (orphan := spool.claim_orphan(app)) is not None:
             found.extend(read_all(orphan))

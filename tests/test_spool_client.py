@@ -21,7 +21,7 @@ import pytest
 from klime_mp import KlimeClient
 from klime_mp.collector import Collector
 from klime_mp.collector.faults import FaultPlan
-from klime_mp.spool import status as spool_status
+from klime_mp.spool.log import status as spool_status
 from tests.conftest import CollectorProcess
 
 KEY = "spool-key"

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from klime_mp import spool, spool_unread
+from klime_mp.spool import log as spool
+from klime_mp.spool import unread as spool_unread
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from klime_mp import KlimeClient, SendError
-from klime_mp.delivery import parse_retry_after
+from klime_mp.delivery.deliverer import parse_retry_after
 from tests.scripted_server import Reply, ScriptedServer
 
 

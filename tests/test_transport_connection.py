@@ -31,9 +31,9 @@ import trustme
 import urllib3
 from conftest import CollectorProcess
 
-from klime_mp.delivery import Deliverer
+from klime_mp.delivery.deliverer import Deliverer
+from klime_mp.delivery.transport import Attempt, Transport, _chain, _Proxy, _proxy_for, ca_bundle
 from klime_mp.options import build_options
-from klime_mp.transport import Attempt, Transport, _chain, _Proxy, _proxy_for, ca_bundle
 
 KEY = "sk_key_1234"
 BODY = b'{"batch":[{"type":"track"}]}'
@@ -354,7 +354,7 @@ def test_a_connection_the_server_closed_while_idle_costs_no_attempt(
     peer = Server(per_connection=1)
     if noticed == "on_writing":  # the close arrives after the check for it
         monkeypatch.setattr("urllib3.connectionpool.is_connection_dropped", lambda conn: False)
-        monkeypatch.setattr("klime_mp.transport.is_connection_dropped", lambda conn: False)
+        monkeypatch.setattr("klime_mp.delivery.transport.is_connection_dropped", lambda conn: False)
     t = transport(peer.url)
     assert post(t).status == 200
     _wait_for(lambda: _readable(_idle_socket(t)))  # the server's FIN has arrived
@@ -369,7 +369,7 @@ def test_a_new_connection_that_fails_counts_as_an_attempt(monkeypatch: pytest.Mo
     # connection; the failure of the new one is an attempt like any other.
     peer = Server(lambda seen: reply() if seen.connection == 1 else None, per_connection=1)
     monkeypatch.setattr("urllib3.connectionpool.is_connection_dropped", lambda conn: False)
-    monkeypatch.setattr("klime_mp.transport.is_connection_dropped", lambda conn: False)
+    monkeypatch.setattr("klime_mp.delivery.transport.is_connection_dropped", lambda conn: False)
     t = transport(peer.url)
     assert post(t).status == 200
     _wait_for(lambda: _readable(_idle_socket(t)))
@@ -509,7 +509,7 @@ def test_the_trust_store_is_certifis_when_installed_else_the_systems() -> None:
     assert ca_bundle() == certifi.where()
     code = (
         "import sys; sys.modules['certifi'] = None\n"  # as if it were not installed
-        "from klime_mp.transport import ca_bundle, tls_context\n"
+        "from klime_mp.delivery.transport import ca_bundle, tls_context\n"
         "context = tls_context(ca_bundle())\n"
         "print(ca_bundle(), context.verify_mode == 2)"
     )
@@ -921,7 +921,7 @@ def test_forking_while_threads_send_leaves_the_parents_connection_alive(
 _SCRIPT = """
 import json, socket, ssl, sys, threading, trustme
 from klime_mp.options import build_options
-from klime_mp.transport import Transport
+from klime_mp.delivery.transport import Transport
 
 ca = trustme.CA()
 ca.cert_pem.write_to_path(sys.argv[1])

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 import klime_mp.uwsgi as klime_uwsgi
-from klime_mp import forksafe
 from klime_mp.collector import Collector
 from klime_mp.demo import example_dir
+from klime_mp.lifecycle import forksafe
 from tests.servers import (
     Servers,
     assert_exactly_once,
@@ -250,7 +250,8 @@ def test_configure_installs_the_uwsgi_hooks_once(
     exit_flushes: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import klime_mp
-    from klime_mp import default, hosts
+    from klime_mp import default
+    from klime_mp.lifecycle import hosts
 
     api = FakeUwsgi()
     monkeypatch.setattr(default, "_default", None)  # restored afterwards

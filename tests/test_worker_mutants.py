@@ -1,6 +1,6 @@
 """The worker's behaviours that its mutation run found untested (docs/testing.md).
 
-Each test pins one decision of ``klime_mp/worker.py`` that a surviving mutant changed
+Each test pins one decision of ``klime_mp/delivery/worker.py`` that a surviving mutant changed
 without any test noticing: what the ``*_sync`` methods count and raise, which events of
 a partly refused batch are reported, what stays on disk with a spool, and how shutdown
 words what it gives up. All of them talk to a real loopback server."""
@@ -17,9 +17,9 @@ from typing import Any, Callable
 import pytest
 
 from klime_mp import KlimeClient, SendError
+from klime_mp.delivery.worker import rejected_events
 from klime_mp.responses import BatchResponse, EventTooLargeError, ValidationError
-from klime_mp.spool import status as spool_status
-from klime_mp.worker import rejected_events
+from klime_mp.spool.log import status as spool_status
 from tests.scripted_server import Reply, ScriptedServer
 
 Report = tuple[BaseException, list[dict[str, Any]]]

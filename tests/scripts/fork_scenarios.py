@@ -20,7 +20,7 @@ from typing import Any, Callable
 import fork_helpers as h
 
 import klime_mp
-from klime_mp import forksafe
+from klime_mp.lifecycle import forksafe
 
 # Forking a process that has a sender thread is what several scenarios do on purpose;
 # Python 3.12+ warns about it (not an error); test_fork checks the configure-only case.

@@ -14,7 +14,7 @@ import time
 import timeit
 
 import klime_mp
-from klime_mp import forksafe
+from klime_mp.lifecycle import forksafe
 
 
 class Holder:

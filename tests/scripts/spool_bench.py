@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from klime_mp import spool
-from klime_mp.spool_format import HEADER_BYTES
+from klime_mp.spool import log as spool
+from klime_mp.spool.format import HEADER_BYTES
 
 
 def percentiles(samples_ns: list[int]) -> str:

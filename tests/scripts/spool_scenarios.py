@@ -13,7 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
-from klime_mp import spool
+from klime_mp.spool import log as spool
 
 
 def record(index: int, size: int = 0) -> bytes:

@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 import klime_mp
-from klime_mp import forksafe
+from klime_mp.lifecycle import forksafe
 
 WORKERS = 4
 TASKS_PER_CHILD = 6  # a worker is replaced after this many tasks: recycling under faults

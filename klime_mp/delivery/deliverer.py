@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from klime_mp.delivery.transport import Attempt, Transport
 from klime_mp.options import Options
 from klime_mp.responses import BatchResponse, ValidationError
-from klime_mp.transport import Attempt, Transport
 
 MAX_BACKOFF_S = 16.0  # the official SDK's cap
 MAX_RETRY_AFTER_S = 60.0  # a server asking for longer is not obeyed beyond this

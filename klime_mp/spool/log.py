@@ -66,8 +66,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from klime_mp import spool_format as fmt
-from klime_mp.spool_files import (
+from klime_mp.spool import format as fmt
+from klime_mp.spool.files import (
     EVERYTHING,
     LEDGER_SUFFIX,
     SEGMENT_NAME,
@@ -89,9 +89,9 @@ from klime_mp.spool_files import (
     unpack_position,
     warn_once,
 )
-from klime_mp.spool_format import START, Position
-from klime_mp.spool_status import AppStatus, app_directories, status
-from klime_mp.spool_unread import Unread
+from klime_mp.spool.format import START, Position
+from klime_mp.spool.status import AppStatus, app_directories, status
+from klime_mp.spool.unread import Unread
 
 __all__ = [
     "CHECK_EVERY_BYTES",

@@ -13,8 +13,8 @@ import tempfile
 import time
 from typing import IO, Callable, TextIO
 
-from klime_mp import importer
-from klime_mp.import_lines import HeaderError
+from klime_mp.importer import engine as importer
+from klime_mp.importer.lines import HeaderError
 from klime_mp.options import MAX_BATCH_SIZE, Options, build_options
 
 DESCRIPTION = """\

@@ -8,8 +8,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from klime_mp import spool_format as fmt
-from klime_mp.spool_files import (
+from klime_mp.spool import format as fmt
+from klime_mp.spool.files import (
     APP_NAME,
     EVERYTHING,
     Log,
@@ -21,7 +21,7 @@ from klime_mp.spool_files import (
     settle,
     warn_once,
 )
-from klime_mp.spool_format import START, Position
+from klime_mp.spool.format import START, Position
 
 # -- status ------------------------------------------------------------------------------
 

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from klime_mp import spool
-from klime_mp.delivery import REJECTED, Delivery
-from klime_mp.ledger import Ledger
+from klime_mp.delivery.accounting import Ledger
+from klime_mp.delivery.deliverer import REJECTED, Delivery
 from klime_mp.options import MAX_BATCH_SIZE, Options
+from klime_mp.spool import log as spool
 
 # How often a live sender looks for logs of dead processes: a SIGKILLed sibling's
 # events go out within seconds, not at the next start.

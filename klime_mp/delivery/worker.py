@@ -16,13 +16,19 @@ import threading
 import time
 from typing import Any, Callable, Protocol
 
-from klime_mp import recovery
-from klime_mp.delivery import REJECTED, SHUTDOWN_TIMEOUT, Deliverer, Delivery, DeliveryError
-from klime_mp.ledger import Ledger, LossReport, Stats, decode
-from klime_mp.memory_queue import MemoryQueue
+from klime_mp.delivery import spooled as recovery
+from klime_mp.delivery.accounting import Ledger, LossReport, Stats, decode
+from klime_mp.delivery.deliverer import (
+    REJECTED,
+    SHUTDOWN_TIMEOUT,
+    Deliverer,
+    Delivery,
+    DeliveryError,
+)
+from klime_mp.delivery.queue import MemoryQueue
+from klime_mp.delivery.transport import Transport
 from klime_mp.options import Options
 from klime_mp.responses import BatchResponse, SendError
-from klime_mp.transport import Transport
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
 _BODY_OVERHEAD = len(b'{"batch":[]}')

@@ -1,6 +1,6 @@
 """The spool's files and their ownership, shared by a process's own log and the orphans it
 claims: naming, the per-process registry of held ledgers, locking, directory listing, and
-reading and acknowledging records (see ``klime_mp.spool`` for the design).
+reading and acknowledging records (see ``klime_mp.spool.log`` for the design).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Union
 
-from klime_mp import spool_format as fmt
-from klime_mp.spool_format import Position
+from klime_mp.spool import format as fmt
+from klime_mp.spool.format import Position
 
 logger = logging.getLogger("klime_mp.spool")
 

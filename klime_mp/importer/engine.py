@@ -26,11 +26,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Callable
 
-from klime_mp.delivery import REJECTED, Deliverer, DeliveryError
-from klime_mp.import_lines import Event, LineError, Parsed, csv_rows, jsonl_fields, to_event
+from klime_mp.delivery.deliverer import REJECTED, Deliverer, DeliveryError
+from klime_mp.delivery.transport import Transport
+from klime_mp.delivery.worker import BATCH_BYTES
+from klime_mp.importer.lines import Event, LineError, Parsed, csv_rows, jsonl_fields, to_event
 from klime_mp.options import MAX_BATCH_SIZE, Options
-from klime_mp.transport import Transport
-from klime_mp.worker import BATCH_BYTES
 
 # A refusal that every later batch would get too: stop instead of refusing them all.
 _FATAL_STATUSES = frozenset({401, 403, 404, 405, 407})

@@ -38,7 +38,7 @@ import weakref
 from types import FrameType
 from typing import Any, Callable, Generic, Protocol, TypeVar, cast
 
-from klime_mp import hosts
+from klime_mp.lifecycle import hosts
 
 logger = logging.getLogger(__name__)
 

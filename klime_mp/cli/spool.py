@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from klime_mp import spool
+from klime_mp.spool import log as spool
 
 # argparse's sub-parser registry has no public type name; Any keeps the signature honest.
 SubParsers = Any
