@@ -18,13 +18,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
+from klime_mp.wire import BATCH_PATH, MAX_BODY_BYTES
+
 from .app import CollectorApp, Reply, error_reply, json_reply
 
 logger = logging.getLogger("klime_mp.collector")
 
-MAX_BODY_BYTES = 10 * 1024 * 1024
 IDLE_TIMEOUT_SECONDS = 30.0
-BATCH_PATH = "/v1/batch"
 
 
 class CollectorRequestHandler(BaseHTTPRequestHandler):

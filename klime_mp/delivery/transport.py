@@ -49,7 +49,8 @@ from urllib3.util.connection import is_connection_dropped
 from urllib3.util.ssl_ import create_urllib3_context
 
 from klime_mp._version import __version__
-from klime_mp.options import BATCH_PATH, Options
+from klime_mp.options import Options
+from klime_mp.wire import BATCH_PATH
 
 # Why the idna import above: socket.getaddrinfo(), urllib3's host check and ssl's
 # server_hostname encode a host name with the "idna" codec, imported on first use. A
