@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import os
 import sys
 import threading
@@ -32,7 +33,7 @@ def write_result(path: str, result: Result) -> None:
 
 def percentile(ordered: list[int], q: float) -> float:
     """Nearest rank, q in 0..1, of an ascending list."""
-    return float(ordered[max(int(q * len(ordered) + 0.999999), 1) - 1])
+    return float(ordered[max(math.ceil(q * len(ordered)), 1) - 1])
 
 
 class Recorder:
