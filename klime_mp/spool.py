@@ -90,7 +90,7 @@ from klime_mp.spool_files import (
     warn_once,
 )
 from klime_mp.spool_format import START, Position
-from klime_mp.spool_status import AppStatus, app_directories, status
+from klime_mp.spool_status import AppStatus, app_directories, remember_endpoint, status
 from klime_mp.spool_unread import Unread
 
 __all__ = [
@@ -106,6 +106,7 @@ __all__ = [
     "app_directories",
     "app_directory",
     "claim_orphan",
+    "remember_endpoint",
     "status",
 ]
 
