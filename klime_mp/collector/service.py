@@ -214,6 +214,11 @@ class Collector:
         bodies = self._started_app().store.column("body")
         return [json.loads(body) for body in bodies]
 
+    def start_run(self, name: str | None = None) -> int:
+        """Begin a new run (as ``POST /v1/runs`` does) and return its number: events
+        stored from now on carry it, and ``GET /v1/events?run=latest`` shows only them."""
+        return self._started_app().store.start_run(name).run
+
     def message_ids(self) -> list[str]:
         """Every stored messageId, oldest first (only until stop())."""
         return self._started_app().store.column("message_id")

@@ -62,6 +62,7 @@ class Spool:
                 exc,
             )
             return None
+        spool.remember_endpoint(app_dir, options.endpoint)  # for `klime-mp spool status`
         return cls(log, app_dir, ledger)
 
     # -- the caller's side (under the worker's lock) -------------------------------------
