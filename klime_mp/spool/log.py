@@ -42,16 +42,15 @@ forces it out at chosen points (e.g. in ``flush()``), at the price of a disk flu
 A record torn by such a crash or by a kill mid-write is detected by its checksum, skipped and
 counted, and the records after it still read.
 
-Limits: ``max_bytes`` bounds the whole app directory, approximately (checked when a
-segment rolls and every ``CHECK_EVERY_BYTES`` written, not per event). Over it, the oldest
-segments go first: this process's own (never the one being written or one whose records are
-in flight), and orphans' (claimed first, so never a segment another live process holds),
-oldest modification time first. Their unacknowledged records are passed to ``on_loss``.
+Limits: ``max_bytes`` bounds the undelivered bytes of the whole app directory,
+approximately (checked when a segment rolls and every ``CHECK_EVERY_BYTES`` written, not per
+event); over it the oldest segments go first (``spool.limit``), their records passed to
+``on_loss``.
 
-Modules: the record and ledger formats are in ``spool_format``; naming, the registry,
-locking and reading in ``spool_files``; the in-memory copy of the newest records, which a
-sender keeping up takes instead of reading them back, in ``spool_unread``; ``status`` in
-``spool_status``.
+Modules: the record and ledger formats are in ``spool.format``; naming, the registry,
+locking and reading in ``spool.files``; dead processes' logs in ``spool.orphans``; the size
+limit in ``spool.limit``; the in-memory copy of the newest records, which a sender keeping
+up takes instead of reading them back, in ``spool.unread``; ``status`` in ``spool.status``.
 """
 
 from __future__ import annotations
@@ -62,25 +61,20 @@ import hashlib
 import logging
 import os
 import secrets
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from klime_mp.spool import format as fmt
+from klime_mp.spool import limit
 from klime_mp.spool.files import (
     EVERYTHING,
     LEDGER_SUFFIX,
-    SEGMENT_NAME,
     SEQ_SHIFT,
-    FileInfo,
-    Listing,
     Log,
     PathLike,
     Segment,
     check_limit,
     ledger_path,
-    list_directory,
-    lock_existing,
     pack_position,
     reserve,
     segment_path,
@@ -90,6 +84,7 @@ from klime_mp.spool.files import (
     warn_once,
 )
 from klime_mp.spool.format import START, Position
+from klime_mp.spool.orphans import Orphan, claim_orphan
 from klime_mp.spool.status import AppStatus, app_directories, status
 from klime_mp.spool.unread import Unread
 
@@ -119,9 +114,6 @@ DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 SEGMENT_BYTES = 4 * 1024 * 1024
 CHECK_EVERY_BYTES = 1024 * 1024
 SPOOL_FULL = "spool_full"  # the on_loss reason when the size limit drops records
-# A ledger still under its temporary name this long, or a segment without a ledger this old,
-# was left by a crash (younger ones may belong to a log being created right now).
-STALE_TEMP_S = 60.0
 
 LossCallback = Callable[[str, list[bytes]], None]
 
@@ -284,50 +276,30 @@ class EventLog(Log):
         self._enforce_limit()
 
     def _enforce_limit(self) -> None:
-        try:
-            listing = list_directory(self._app_dir)
-        except OSError:
-            return
-        total = listing.total_bytes()
-        if total <= self._max_bytes:
-            return
-        oldest = sorted(
-            (found.mtime, seq, log_id, found.size)
-            for log_id, files in listing.segments.items()
-            for seq, found in files.items()
-        )
-        orphans: dict[str, Orphan | None] = {}
-        try:
-            for _, seq, log_id, size in oldest:
-                if total <= self._max_bytes:
-                    break
-                lost = self._drop(listing, orphans, log_id, seq)
-                if lost is not None:
-                    total -= size
-                    self._report_loss(lost)
-        finally:
-            for orphan in orphans.values():
-                if orphan is not None:
-                    orphan.release()
+        for lost in limit.enforce(self, self._max_bytes):
+            self._report_loss(lost)
 
-    def _drop(
-        self, listing: Listing, orphans: dict[str, Orphan | None], log_id: str, seq: int
-    ) -> list[bytes] | None:
-        """Delete one segment; its unacknowledged records, or None if it must stay."""
-        if log_id == self._log_id:
-            return self._drop_own(seq)
-        if log_id not in listing.ledgers:
-            found = listing.segments[log_id][seq]
-            if not _is_stray(self._app_dir, listing, log_id, found):
-                return None
-            unlink(found.path)
-            return []  # an acknowledged leftover: nothing is lost
-        if log_id not in orphans:
-            orphans[log_id] = _claim(self._app_dir, log_id, scan=False)
-        orphan = orphans[log_id]
-        return None if orphan is None else orphan._drop_segment(seq)
+    @property
+    def app_dir(self) -> str:
+        return self._app_dir
 
-    def _drop_own(self, seq: int) -> list[bytes] | None:
+    @property
+    def log_id(self) -> str:
+        return self._log_id
+
+    def acknowledged_bytes(self) -> int:
+        """Bytes of this log's segments before the acknowledged position (delivered)."""
+        with self._lock:
+            acked = self._acked
+            return sum(
+                s.size if s.seq < acked.segment else min(acked.offset, s.size)
+                for s in self._segments
+                if s.seq <= acked.segment
+            )
+
+    def drop_own(self, seq: int) -> list[bytes] | None:
+        """For the size limit: delete one of this log's segments (not the active one, nor
+        one in flight); its unsent records, or None if it must stay."""
         with self._lock:
             segment = next((s for s in self._segments if s.seq == seq), None)
             flight = self._in_flight
@@ -420,182 +392,3 @@ def _open_segment(app_dir: str, log_id: str, seq: int) -> Segment:
     path = segment_path(app_dir, log_id, seq)
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
     return Segment(seq, os.open(path, flags, 0o600), path, 0)
-
-
-def _remove_strays(app_dir: str, listing: Listing) -> None:
-    """Delete segments without a ledger: acknowledged leftovers (see Log._close_files)."""
-    for log_id, files in listing.segments.items():
-        for found in files.values():
-            if _is_stray(app_dir, listing, log_id, found):
-                unlink(found.path)
-
-
-def _is_stray(app_dir: str, listing: Listing, log_id: str, found: FileInfo) -> bool:
-    # A listing is not a snapshot: a log created while it ran can show its first segment
-    # and not its ledger (renamed into place just before). Such a segment is new.
-    return (
-        log_id not in listing.ledgers
-        and time.time() - found.mtime > STALE_TEMP_S
-        and not os.path.exists(ledger_path(app_dir, log_id))
-    )
-
-
-# -- orphans -----------------------------------------------------------------------------
-
-
-class Orphan(Log):
-    """A claimed log of a dead process: read it, acknowledge (persisted), then release."""
-
-    def __init__(
-        self, app_dir: str, log_id: str, ledger_fd: int, acked: Position, segments: list[Segment]
-    ) -> None:
-        super().__init__(app_dir, log_id, ledger_fd, acked, segments)
-        self._total: int | None = None  # records after the ledger's position at the claim
-        self._done = 0
-        self._was_sent = 0  # records up to this packed position may have arrived already
-        self._counted = 0  # resends counted up to this packed position (a rewind re-takes)
-        self.resent = 0  # records taken again that the dead process had taken for sending
-
-    @property
-    def name(self) -> str:
-        """The log's name (``<pid>-<hex>``: the PID of the process that wrote it)."""
-        return self._log_id
-
-    def pending(self) -> int:
-        """Records not yet acknowledged (counted once, at the claim)."""
-        if self._total is None:
-            self._scan()
-        assert self._total is not None
-        return self._total - self._done
-
-    def release(self) -> None:
-        """Done: delete the files if all is acknowledged, else unlock them for a later claimer."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        if self.torn:
-            logger.warning(
-                "spool: %d torn or corrupt record(s) skipped in %s", self.torn, self._ledger_path
-            )
-        empty = self._total is not None and self._total == self._done
-        self._close_files(delete=empty or not self._has_data_after_ack())
-
-    def _scan(self) -> None:
-        total, corrupt = 0, 0
-        for segment in self._segments:
-            start = self._acked.offset if segment.seq == self._acked.segment else 0
-            batch = fmt.Batch()
-            fmt.read(segment.fd, start, segment.size, EVERYTHING, EVERYTHING, batch)
-            total += len(batch.payloads)
-            corrupt += batch.corrupt
-        self._total, self.torn = total, corrupt
-
-    def _settled(self, count: int) -> None:
-        self._done += count
-
-    def _taken(self, ends: list[int]) -> None:
-        fresh = [end for end in ends if end > self._counted]
-        self.resent += sum(1 for end in fresh if end <= self._was_sent)
-        if fresh:
-            self._counted = fresh[-1]
-
-    def _drop_segment(self, seq: int) -> list[bytes]:
-        """For the size limit: delete one segment, returning its unacknowledged records."""
-        segment = next((s for s in self._segments if s.seq == seq), None)
-        if segment is None:
-            return []
-        batch = fmt.Batch()
-        if seq >= self._acked.segment:
-            start = self._acked.offset if seq == self._acked.segment else 0
-            fmt.read(segment.fd, start, segment.size, EVERYTHING, EVERYTHING, batch)
-        unlink(segment.path)
-        self._segments.remove(segment)
-        os.close(segment.fd)
-        return batch.payloads
-
-
-def claim_orphan(app_dir: PathLike) -> Orphan | None:
-    """Claim one log of a dead process that still has records; None if there is none.
-
-    Exactly one claimer wins each orphan, across processes (the ledger's lock) and across
-    threads of this process (the registry). Orphans with nothing left are deleted on the way.
-    """
-    directory = os.path.realpath(os.fspath(app_dir))
-    try:
-        listing = list_directory(directory)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError as exc:
-        warn_once(f"list:{directory}", "spool: cannot read %s: %s", directory, exc)
-        return None
-    _remove_stale_temps(listing)
-    _remove_strays(directory, listing)
-    for log_id in sorted(listing.ledgers, key=lambda name: listing.ledgers[name].mtime):
-        orphan = _claim(directory, log_id, scan=True)
-        if orphan is None:
-            continue
-        if orphan.pending():
-            return orphan
-        orphan.release()  # nothing left in it: deleted
-    return None
-
-
-def _claim(app_dir: str, log_id: str, *, scan: bool) -> Orphan | None:
-    path = ledger_path(app_dir, log_id)
-    if not reserve(path):
-        return None  # this process holds it (its own log, or claimed by another thread)
-    fd = lock_existing(path)
-    if fd is None:
-        settle(path, None)
-        return None
-    try:
-        orphan = _load_orphan(app_dir, log_id, fd)
-        if scan:
-            orphan._scan()
-    except OSError as exc:
-        warn_once(f"claim:{path}", "spool: cannot read %s: %s", path, exc)
-        os.close(fd)
-        settle(path, None)
-        return None
-    settle(path, orphan)
-    return orphan
-
-
-def _load_orphan(app_dir: str, log_id: str, ledger_fd: int) -> Orphan:
-    marks = fmt.unpack_ledger_marks(os.pread(ledger_fd, fmt.LEDGER_BYTES + 1, 0))
-    if marks is None:
-        warn_once(f"ledger:{log_id}", "spool: unreadable ledger of %s: resending it all", log_id)
-        marks = START, START
-    acked, sent = marks
-    segments: list[Segment] = []
-    prefix = f"{log_id}-"
-    names = sorted(name for name in os.listdir(app_dir) if name.startswith(prefix))
-    for name in names:
-        match = SEGMENT_NAME.match(name)
-        if match is None or match[1] != log_id:
-            continue
-        seq, path = int(match[2]), os.path.join(app_dir, name)
-        if seq < acked.segment:  # acknowledged; its owner died before deleting it
-            unlink(path)
-            continue
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue
-        segments.append(Segment(seq, fd, path, os.fstat(fd).st_size))
-    orphan = Orphan(app_dir, log_id, ledger_fd, acked, segments)
-    orphan._sent = max(sent, acked)  # kept in the ledger for a claimer after this one
-    orphan._was_sent = (sent.segment << SEQ_SHIFT) + sent.offset
-    return orphan
-
-
-def _remove_stale_temps(listing: Listing) -> None:
-    now = time.time()
-    for temp in listing.temps:
-        if now - temp.mtime < STALE_TEMP_S:
-            continue
-        fd = lock_existing(temp.path)  # held: its creator is alive (and stuck); leave it
-        if fd is not None:
-            unlink(temp.path)
-            os.close(fd)
