@@ -122,3 +122,67 @@ def test_a_full_disk_is_emptied_by_a_successor_or_drain(
     assert collector.stats()["stored"] == expected
     (after,) = spool_status(spool)
     assert (after.pending, after.segments, after.orphans) == (0, 0, 0), after
+
+
+# Keeps up with its sender (a flush every 500 events) for 20,000 events, then waits; the
+# test stops the collector; then 200 more events and SIGKILL.
+KEEP_UP_THEN_DIE = textwrap.dedent("""
+    import os, signal, sys
+    from klime_mp import KlimeClient
+
+    endpoint, spool = sys.argv[1], sys.argv[2]
+    client = KlimeClient("spool-key", endpoint, spool_dir=spool, retry_initial_delay=50)
+    for n in range(20_000):
+        client.track("Kept up", {"n": n, "pad": "x" * 100}, user_id="u")
+        if n % 500 == 499:
+            assert client.flush(30), client.stats()
+    print("ready", flush=True)
+    sys.stdin.readline()  # the collector is down now
+    for n in range(200):
+        client.track("Tail", {"n": n}, user_id="u")
+    print("tracked", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+@pytest.mark.timeout(180)
+def test_a_sender_that_keeps_up_on_a_small_disk_still_spools_the_next_events(
+    tmp_path: Path,
+    disk_512k: Path,
+    late_collector: tuple[str, Callable[[], CollectorProcess]],  # noqa: F811
+) -> None:
+    url, start = late_collector
+    spool = disk_512k / "spool"
+    collector = start()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KEEP_UP_THEN_DIE, url, str(spool)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline() == "ready\n", proc.stderr.read() if proc.stderr else ""
+        (kept,) = spool_status(spool)
+        # delivered records left the disk: less than ROLL_ACKED_BYTES (64 KiB) stays
+        assert kept.pending == 0 and kept.bytes < 64 * 1024, kept
+        collector.stop()
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=60)
+        assert "tracked" in out, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    (tail,) = spool_status(spool)
+    assert tail.pending == 200, tail  # all of them durable, none in memory only
+
+    collector = start()
+    drain = [sys.executable, "-m", "klime_mp", "spool", "drain", str(spool)]
+    drain += ["--write-key", KEY, "--endpoint", url, "--timeout", "20"]
+    done = subprocess.run(drain, capture_output=True, text=True, timeout=60)
+    assert "sent 200 events" in done.stdout, done.stdout + done.stderr
+    assert collector.wait_for(20_200)
+    assert collector.stats()["stored"] == 20_200

@@ -14,33 +14,27 @@ In it, every process that writes has one *log*, named ``<pid>-<8 random hex>``:
 
 Directories are 0700, files 0600. Anything else in the directory is skipped with one warning.
 
-Liveness: a log belongs to whoever holds a POSIX record lock (``lockf``) on its ledger. The
-writer takes it before the ledger appears under its final name (created under a temporary
-name, locked, renamed) and holds it for its whole life. The kernel releases it on *any*
-death (SIGKILL, OOM, ``os._exit``, a re-raised signal), and ``fork()`` does not pass it to a
-child, so a forked child never keeps a dead parent's log alive. A log whose lock can be
-taken is therefore an orphan, whatever its name says: this is why no PID and process start
-time are compared. A PID can be reused by an unrelated process; a lock cannot outlive its
-process. The PID in the name is only for people reading the directory. Not ``flock`` (nor
-Linux's open-file-description locks): those belong to the open file, which a forked child
-shares, so a child that outlived its parent would keep the parent's log looking alive.
-The directory must be on a local filesystem (network filesystems may not release a dead
-process's locks).
+Liveness: a log belongs to whoever holds a POSIX record lock (``lockf``) on its ledger,
+taken before the ledger appears under its final name (created under a temporary name,
+locked, renamed) and held for the writer's whole life. The kernel releases it on *any*
+death and ``fork()`` does not pass it to a child, so a log whose lock can be taken is an
+orphan, whatever its name says (the PID in it is for people; no PID is ever compared).
+Not ``flock``: that belongs to the open file, which a forked child shares. Local
+filesystems only (network filesystems may not release a dead process's locks).
 
-POSIX locks have two traps, both handled here: they belong to the process, so another
-thread's ``lockf`` on a file this process holds succeeds, and closing *any* descriptor of a
-locked file drops the lock. So this process never opens a file it holds a second time: a
-per-process registry of held ledgers (reset in a forked child) decides before any ``open``.
-After winning a lock, the claimer checks that the path still names the file it locked (the
-previous holder may have deleted it in between).
+POSIX locks belong to the process (another thread's ``lockf`` succeeds) and closing *any*
+descriptor of a locked file drops them, so this process never opens a file it holds a
+second time: a per-process registry of held ledgers (reset in a forked child) decides
+before any ``open``. A claimer checks that the path still names the file it locked.
 
-Durability: one ``write`` per event, no ``fsync``. The record is in the kernel's page cache
-when ``append`` returns, so it survives the death of the process. A power loss or kernel
-crash can lose what the kernel had not yet written back (Linux: up to about 30 s, the
-``vm.dirty_expire_centisecs`` default, plus the flusher interval); ``EventLog.sync()``
-forces it out at chosen points (e.g. in ``flush()``), at the price of a disk flush each time.
-A record torn by such a crash or by a kill mid-write is detected by its checksum, skipped and
-counted, and the records after it still read.
+Durability: one ``write`` per event, no ``fsync``: the record is in the page cache when
+``append`` returns, so it survives the death of the process, not a power loss
+(``EventLog.sync()`` forces it out at chosen points). A record torn by a crash or a kill
+mid-write fails its checksum: skipped, counted, and the records after it still read.
+
+Delivered records leave the disk: the segment being written is rolled as soon as all of it
+is acknowledged and it holds ``ROLL_ACKED_BYTES`` (or is ``ROLL_ACKED_AGE_S`` old), and an
+acknowledged segment is deleted. See docs/spool.md for what each edge does.
 
 Limits: ``max_bytes`` bounds the undelivered bytes of the whole app directory,
 approximately (checked when a segment rolls and every ``CHECK_EVERY_BYTES`` written, not per
@@ -56,19 +50,24 @@ up takes instead of reading them back, in ``spool.unread``; ``status`` in ``spoo
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import logging
 import os
 import secrets
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from klime_mp.spool import format as fmt
 from klime_mp.spool import limit
+from klime_mp.spool.create import (
+    SpoolUnavailable,
+    create_ledger,
+    open_segment,
+    prepare_directory,
+)
 from klime_mp.spool.files import (
     EVERYTHING,
-    LEDGER_SUFFIX,
     SEQ_SHIFT,
     Log,
     PathLike,
@@ -76,8 +75,6 @@ from klime_mp.spool.files import (
     check_limit,
     ledger_path,
     pack_position,
-    reserve,
-    segment_path,
     settle,
     unlink,
     unpack_position,
@@ -113,13 +110,14 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 SEGMENT_BYTES = 4 * 1024 * 1024
 CHECK_EVERY_BYTES = 1024 * 1024
+# The segment being written is rolled once everything in it is acknowledged and it holds
+# this much (or is this old), so delivered records leave the disk: a sender that keeps up
+# holds at most about this much on disk, not a whole SEGMENT_BYTES of delivered records.
+ROLL_ACKED_BYTES = 64 * 1024
+ROLL_ACKED_AGE_S = 60.0
 SPOOL_FULL = "spool_full"  # the on_loss reason when the size limit drops records
 
 LossCallback = Callable[[str, list[bytes]], None]
-
-
-class SpoolUnavailable(Exception):
-    """The spool directory cannot be used; the message says why."""
 
 
 def app_directory(spool_dir: PathLike, endpoint: str, write_key: str) -> Path:
@@ -156,6 +154,7 @@ class EventLog(Log):
         self._settled_count = 0  # acknowledged or dropped by the size limit
         self._unchecked = 0  # bytes written since the size limit was last checked
         self._roll = False  # the active segment is full (or a failed write spoilt it)
+        self._active_since = time.monotonic()
         self._seen = START  # corrupt regions are counted once, on first read
         self._unread = Unread(pack_position(START))  # the newest records, for a sender keeping up
 
@@ -170,11 +169,11 @@ class EventLog(Log):
         check_limit("max_bytes", max_bytes)
         if not callable(on_loss):
             raise TypeError("on_loss must be callable")
-        directory = _prepare_directory(app_dir)
+        directory = prepare_directory(app_dir)
         for _ in range(3):  # a name collision is (very) unlikely; O_EXCL would catch it
             log_id = f"{os.getpid()}-{secrets.token_hex(4)}"
             try:
-                ledger_fd = _create_ledger(directory, log_id)
+                ledger_fd = create_ledger(directory, log_id)
             except FileExistsError:
                 continue
             except OSError as exc:
@@ -183,7 +182,7 @@ class EventLog(Log):
         else:
             raise SpoolUnavailable(f"cannot create a unique log name in {directory}")
         try:
-            first = _open_segment(directory, log_id, 1)
+            first = open_segment(directory, log_id, 1)
         except OSError as exc:
             unlink(ledger_path(directory, log_id))
             os.close(ledger_fd)
@@ -266,14 +265,35 @@ class EventLog(Log):
     def _maintain(self) -> None:
         # The caller's lock is held (one appender): roll and size checks need no more.
         if self._roll:
-            seq = self._active.seq + 1
-            segment = _open_segment(self._app_dir, self._log_id, seq)
             with self._lock:
-                self._segments.append(segment)
-                self._active = segment
-            self._roll = False
+                self._roll_locked()
         self._unchecked = 0
         self._enforce_limit()
+
+    def _roll_locked(self) -> None:
+        # Under _lock: the sender rolls too (below), not only the appender.
+        segment = open_segment(self._app_dir, self._log_id, self._active.seq + 1)
+        self._segments.append(segment)
+        self._active = segment
+        self._active_since = time.monotonic()
+        self._roll = False
+        super()._free_acknowledged()  # the previous one, if it was rolled as delivered
+
+    def _free_acknowledged(self) -> None:
+        super()._free_acknowledged()
+        active, acked = self._active, self._acked
+        if (
+            acked.segment == active.seq
+            and acked.offset >= active.size
+            and (
+                active.size >= ROLL_ACKED_BYTES
+                or (active.size and time.monotonic() - self._active_since >= ROLL_ACKED_AGE_S)
+            )
+        ):
+            try:  # all of it delivered: free it now, not at the next append
+                self._roll_locked()
+            except OSError:
+                self._roll = True  # the next append tries (and reports a failure)
 
     def _enforce_limit(self) -> None:
         for lost in limit.enforce(self, self._max_bytes):
@@ -354,41 +374,3 @@ class EventLog(Log):
                     self._ledger_path,
                 )
         self._seen = max(self._seen, end)
-
-
-def _prepare_directory(app_dir: PathLike) -> str:
-    path = os.path.abspath(os.fspath(app_dir))
-    try:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        info = os.stat(path)
-        if info.st_mode & 0o077 and info.st_uid == os.geteuid():
-            os.chmod(path, 0o700)  # another user's process must not read our events
-    except OSError as exc:
-        raise SpoolUnavailable(f"cannot use {path} as a spool directory: {exc}") from exc
-    return os.path.realpath(path)
-
-
-def _create_ledger(app_dir: str, log_id: str) -> int:
-    """A locked ledger that appears under its final name only once it is locked."""
-    final = ledger_path(app_dir, log_id)
-    temporary = os.path.join(app_dir, f".{log_id}{LEDGER_SUFFIX}.tmp")
-    fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if os.pwrite(fd, fmt.pack_ledger(START), 0) != fmt.LEDGER_BYTES:
-            raise OSError(errno.ENOSPC, "short write of the ledger")
-        reserve(final)
-        os.rename(temporary, final)
-    except OSError:
-        settle(final, None)
-        unlink(temporary)
-        os.close(fd)
-        raise
-    return fd
-
-
-def _open_segment(app_dir: str, log_id: str, seq: int) -> Segment:
-    path = segment_path(app_dir, log_id, seq)
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
-    return Segment(seq, os.open(path, flags, 0o600), path, 0)
