@@ -20,8 +20,8 @@ from collections.abc import Mapping
 from typing import Any, Callable, Union
 
 from klime_mp._version import __version__
+from klime_mp.errors import EventTooLargeError
 from klime_mp.message_ids import new_message_id
-from klime_mp.responses import EventTooLargeError
 
 LIBRARY_NAME = "klime_mp"
 MAX_EVENT_BYTES = 200 * 1024

@@ -58,6 +58,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from klime_mp.errors import SpoolUnavailable
 from klime_mp.spool import format as fmt
 from klime_mp.spool import limit
 from klime_mp.spool.create import (
