@@ -7,6 +7,7 @@ import errno
 import fcntl
 import os
 
+from klime_mp.errors import SpoolUnavailable
 from klime_mp.spool import format as fmt
 from klime_mp.spool.files import (
     LEDGER_SUFFIX,
@@ -19,10 +20,6 @@ from klime_mp.spool.files import (
     unlink,
 )
 from klime_mp.spool.format import START
-
-
-class SpoolUnavailable(Exception):
-    """The spool directory cannot be used; the message says why."""
 
 
 def prepare_directory(app_dir: PathLike) -> str:

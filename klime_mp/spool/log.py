@@ -62,7 +62,6 @@ from klime_mp.errors import SpoolUnavailable
 from klime_mp.spool import format as fmt
 from klime_mp.spool import limit
 from klime_mp.spool.create import (
-    SpoolUnavailable,
     create_ledger,
     open_segment,
     prepare_directory,
