@@ -360,3 +360,19 @@ def test_a_thirty_second_outage_at_40_events_a_second_loses_nothing_with_a_spool
     client.shutdown()
     assert client.stats().dropped == {} and errors == []
     assert collector.stats().stored == tracked
+
+
+def test_spool_drain_with_a_key_of_no_app_in_dir_fails_lists_the_apps_and_creates_nothing(
+    tmp_path: Path,
+) -> None:
+    spool = tmp_path / "spool"
+    endpoint = dead_endpoint()
+    run_tracker(tmp_path, endpoint, spool, 30, "kill")
+    before = sorted(path.name for path in spool.iterdir())
+    drain = [sys.executable, "-m", "klime_mp", "spool", "drain", str(spool)]
+    drain += ["--write-key", "another-key", "--endpoint", endpoint, "--timeout", "3"]
+    done = subprocess.run(drain, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    (app,) = before
+    assert f"found app {app}: 30 events pending, oldest " in done.stderr, done.stderr
+    assert sorted(path.name for path in spool.iterdir()) == before  # nothing created
