@@ -5,6 +5,7 @@ process of the same app. Real processes, real SIGKILL, a real collector process.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -376,3 +377,23 @@ def test_spool_drain_with_a_key_of_no_app_in_dir_fails_lists_the_apps_and_create
     (app,) = before
     assert f"found app {app}: 30 events pending, oldest " in done.stderr, done.stderr
     assert sorted(path.name for path in spool.iterdir()) == before  # nothing created
+
+
+@pytest.mark.parametrize("status", [401, 403, 404, 405, 407])
+def test_an_answer_about_the_setup_keeps_the_spooled_events_and_says_so_once(
+    tmp_path: Path, collector: Collector, caplog: pytest.LogCaptureFixture, status: int
+) -> None:
+    collector.faults = FaultPlan(error_rate=1.0, status=status)  # a misrouted deploy
+    client = KlimeClient(KEY, collector.url, spool_dir=tmp_path / "spool", retry_initial_delay=50)
+    with caplog.at_level(logging.ERROR, logger="klime"):
+        for n in range(300):
+            client.track("Misrouted", {"n": n}, user_id="u")
+        assert client.flush(2) is False  # probed at least twice, kept
+    assert client.stats().dropped == {}
+    assert client.stats().queued == 300
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and f"HTTP {status}" in errors[0].getMessage(), errors
+    collector.faults = FaultPlan()  # fixed: the probes find out
+    assert collector.wait_for(300, timeout=40)
+    assert client.shutdown() is True
+    assert client.stats().dropped == {}
