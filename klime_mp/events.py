@@ -22,9 +22,9 @@ from typing import Any, Callable, Union
 from klime_mp._version import __version__
 from klime_mp.errors import EventTooLargeError
 from klime_mp.message_ids import new_message_id
+from klime_mp.wire import MAX_EVENT_BYTES
 
 LIBRARY_NAME = "klime_mp"
-MAX_EVENT_BYTES = 200 * 1024
 MAX_DEPTH = 64  # deeper than any sane property tree; stops runaway recursion early
 
 Id = Union[str, int]

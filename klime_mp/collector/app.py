@@ -64,8 +64,11 @@ def bearer_token(header: str | None) -> bytes | None:
 class CollectorApp:
     """The collector's endpoints over a store, a stats recorder and a fault plan."""
 
-    def __init__(self, store: EventStore, write_keys: Iterable[str], plan: FaultPlan) -> None:
+    def __init__(
+        self, store: EventStore, write_keys: Iterable[str], plan: FaultPlan, sink: bool = False
+    ) -> None:
         self.store = store
+        self.sink = sink  # see Collector: bench mode, every POST counted, nothing stored
         self.stats = StatsRecorder()
         self.stopping = threading.Event()  # cuts injected delays short on stop()
         self._keys = tuple(key.encode("utf-8") for key in write_keys)
@@ -131,6 +134,15 @@ class CollectorApp:
                 for index, error in checked.errors
             ]
         return dataclasses.replace(json_reply(200, payload), stored=len(checked.valid))
+
+    def count(self, body: bytes) -> None:
+        """Sink mode: count a batch already answered 200, in any SDK's shape; store nothing."""
+        try:
+            batch = json.loads(body).get("batch")
+        except (ValueError, AttributeError):  # not JSON, or JSON but not an object
+            batch = None
+        self.stats.request_answered(200)
+        self.stats.events_received(len(batch) if isinstance(batch, list) else 0, 0, 0)
 
     def unacknowledged(self, reply: Reply) -> None:
         """The client left before ``reply`` could reach it (it timed out): what the

@@ -12,8 +12,9 @@ import re
 from datetime import datetime
 from typing import Any, NamedTuple
 
+from klime_mp.wire import MAX_EVENT_BYTES
+
 MAX_BATCH_EVENTS = 100
-MAX_EVENT_BYTES = 200 * 1024
 EVENT_TYPES = frozenset({"track", "identify", "group"})
 
 # An ISO 8601 date and time; seconds, fraction and offset are optional. The
