@@ -106,13 +106,16 @@ def remember_endpoint(app_dir: Path, endpoint: str) -> None:
     url = urlsplit(endpoint)
     shown = urlunsplit(url._replace(netloc=url.netloc.rpartition("@")[2]))
     temp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with contextlib.suppress(OSError):
+    try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, shown.encode("utf-8"))
         finally:
             os.close(fd)
         os.replace(temp, path)  # whole or absent, whoever writes it first
+    except OSError:  # a full disk: no note, and no empty temporary file left behind
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
 
 
 def endpoint_of(app_dir: Path) -> str | None:
