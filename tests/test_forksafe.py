@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import fork_helpers as h
@@ -37,6 +37,13 @@ class FakeState:
 
     def abandon(self) -> None:
         self.abandoned = True
+
+    # The rest of forksafe.PerProcessState: a fake has nothing queued.
+    def size(self) -> int:
+        return 0
+
+    def begin_flush(self) -> Callable[[float], bool]:
+        return lambda deadline: True
 
 
 class Exits:
