@@ -19,16 +19,19 @@ from klime_mp.default import (
     shutdown,
     track,
 )
-from klime_mp.delivery.accounting import LossReport, Stats
-from klime_mp.delivery.deliverer import DeliveryError
-from klime_mp.responses import BatchResponse, EventTooLargeError, SendError, ValidationError
+from klime_mp.delivery.accounting import Stats
+from klime_mp.errors import DeliveryError, EventTooLargeError, KlimeError, LossReport, SendError
+from klime_mp.options import Options
+from klime_mp.responses import BatchResponse, ValidationError
 
 __all__ = [
     "BatchResponse",
     "DeliveryError",
     "EventTooLargeError",
     "KlimeClient",
+    "KlimeError",
     "LossReport",
+    "Options",
     "SendError",
     "Stats",
     "ValidationError",

@@ -26,7 +26,8 @@ from typing import Any, Callable
 from klime_mp import default
 from klime_mp.client import KlimeClient
 from klime_mp.lifecycle import forksafe
-from klime_mp.wsgi import DEFAULT_TIMEOUT_S, flush_process
+from klime_mp.lifecycle.forksafe import flush_process
+from klime_mp.options import REQUEST_FLUSH_TIMEOUT_S as DEFAULT_TIMEOUT_S
 
 logger = logging.getLogger(__name__)
 

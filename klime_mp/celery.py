@@ -8,7 +8,7 @@ and neither does ``atexit``. Just before ``os._exit`` the child calls the pool's
 ``on_exit``, through which Celery sends ``worker_process_shutdown``; connecting that
 signal is the one exit path a prefork child always takes.
 
-Nothing to configure: ``klime_mp.lifecycle.hosts`` connects it on the first use of a client in a
+Nothing to configure: ``klime_mp.host_hooks`` connects it on the first use of a client in a
 process that has imported Celery. Calling ``connect()`` yourself is harmless.
 This module is ``klime_mp.celery``; ``import celery`` elsewhere still means Celery.
 """

@@ -16,13 +16,17 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Optional
 
-from klime_mp import events
+from klime_mp import events, host_hooks
 from klime_mp.delivery.worker import OVERSIZED, Stats, Worker
+from klime_mp.errors import EventTooLargeError, SendError
 from klime_mp.lifecycle import forksafe
 from klime_mp.lifecycle.forksafe import ProcessLocal
 from klime_mp.options import ErrorCallback, Options, SuccessCallback, build_options
-from klime_mp.responses import BatchResponse, EventTooLargeError, SendError
+from klime_mp.responses import BatchResponse
 from klime_mp.timestamps import Timestamp, to_wire
+
+# uWSGI's and Celery's exit paths are hooked on a client's first use in each process.
+forksafe.on_first_use_in_process(host_hooks.install_for_process)
 
 Properties = Optional[Mapping[str, Any]]
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from klime_mp import host_hooks
 from klime_mp.client import KlimeClient, Properties
 from klime_mp.events import Id
-from klime_mp.lifecycle import forksafe, hosts
+from klime_mp.lifecycle import forksafe
 from klime_mp.timestamps import Timestamp
 
 _default: KlimeClient | None = None
@@ -22,10 +23,10 @@ def configure(write_key: str | None = None, **options: Any) -> KlimeClient:
 
     Takes every ``KlimeClient`` argument; ``write_key`` falls back to KLIME_WRITE_KEY.
     Starts no thread and opens no socket. Inside uWSGI or a Celery worker it hooks
-    their exit paths too (``klime_mp.lifecycle.hosts``), in the master before it forks."""
+    their exit paths too (``klime_mp.host_hooks``), in the master before it forks."""
     global _default
     client = KlimeClient(write_key, **options)  # validate before replacing anything
-    hosts.install_for_process(forksafe.getpid())
+    host_hooks.install_for_process(forksafe.getpid())
     with forksafe.process_lock():
         previous, _default = _default, client
     if previous is not None:

@@ -17,8 +17,8 @@ from typing import Any, Callable
 
 from klime_mp import values
 from klime_mp._version import __version__
+from klime_mp.errors import EventTooLargeError
 from klime_mp.message_ids import new_message_id
-from klime_mp.responses import EventTooLargeError
 from klime_mp.values import MAX_DEPTH
 
 # Re-exported: the argument type and the datetime format are part of what events offers.

@@ -33,7 +33,6 @@ import os as _os
 import threading as _threading
 from typing import Any as _Any
 
-from klime_mp.delivery.worker import Worker as _Worker
 from klime_mp.lifecycle import forksafe as _forksafe
 
 _log = _logging.getLogger(__name__)
@@ -126,7 +125,7 @@ def _flush_within(budget: float) -> bool:
 
 def _queued() -> int:
     """Events waiting in this process's queues, across every client."""
-    return sum(value.size() for value in _forksafe.owned_values() if isinstance(value, _Worker))
+    return _forksafe.queued_events()
 
 
 def _exit_budget(cfg: _Any) -> float:

@@ -35,6 +35,10 @@ MAX_BATCH_SIZE = 100
 # way, and a POST costs the app about 1 ms of CPU in a worker that idles between
 # requests (bench, Gunicorn sync worker): 100 events share it instead of 20.
 DEFAULT_MAX_BATCH_SIZE = MAX_BATCH_SIZE
+DEFAULT_FLUSH_TIMEOUT_S = 10.0  # flush() and a process-wide flush given no timeout
+# The per-request flushes (WSGI and ASGI middleware, uWSGI without threads): short,
+# because a request's worker waits for it; what is not sent by then stays queued.
+REQUEST_FLUSH_TIMEOUT_S = 5.0
 BATCH_PATH = "/v1/batch"  # what requests go to, under the endpoint
 
 WRITE_KEY_ENV = "KLIME_WRITE_KEY"

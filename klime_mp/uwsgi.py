@@ -1,7 +1,7 @@
 """uWSGI hooks: send a worker's queued events when it exits; check the setup per worker.
 
 Nothing to do: ``klime_mp.configure()`` and the first event of any client install these
-hooks when they run inside uWSGI (``klime_mp.lifecycle.hosts``). Importing it yourself, from the
+hooks when they run inside uWSGI (``klime_mp.host_hooks``). Importing it yourself, from the
 ini (``import = klime_mp.uwsgi``) or the app module, does the same, once per process
 tree whichever comes first. Outside uWSGI the import does nothing. It adds to, and
 never replaces, hooks that are already set:
@@ -34,7 +34,8 @@ from collections.abc import Mapping
 from typing import Any, Callable, Protocol, cast
 
 from klime_mp.lifecycle import forksafe
-from klime_mp.wsgi import DEFAULT_TIMEOUT_S, flush_process
+from klime_mp.lifecycle.forksafe import flush_process
+from klime_mp.options import REQUEST_FLUSH_TIMEOUT_S
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ def _exit_flush() -> None:
 
 
 def _flush_after_request() -> None:
-    flush_process(DEFAULT_TIMEOUT_S)
+    flush_process(REQUEST_FLUSH_TIMEOUT_S)
 
 
 def _watch_python_forks() -> None:

@@ -14,15 +14,14 @@ on the same connection is read. docs/servers.md has measured numbers.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable
 
 from klime_mp.client import KlimeClient
-from klime_mp.delivery.worker import FLUSH_TIMEOUT_S, Worker
-from klime_mp.lifecycle import forksafe
+from klime_mp.lifecycle.forksafe import flush_process
+from klime_mp.options import REQUEST_FLUSH_TIMEOUT_S
 
-DEFAULT_TIMEOUT_S = 5.0
+DEFAULT_TIMEOUT_S = REQUEST_FLUSH_TIMEOUT_S
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -85,14 +84,4 @@ class _FlushOnClose:
             self._flush()
 
 
-def flush_process(timeout: float | None = None) -> bool:
-    """Flush every client of the current process, all within one ``timeout`` (10 s
-    when None, as ``flush()``).
-
-    Every client's sender is woken first and then waited for, so one client stuck in an
-    outage does not use up the others' time. True when everything queued before the
-    call was delivered."""
-    wait = FLUSH_TIMEOUT_S if timeout is None else timeout
-    deadline = time.monotonic() + wait
-    waits = [value.begin_flush() for value in forksafe.owned_values() if isinstance(value, Worker)]
-    return all([wait_for(deadline) for wait_for in waits])  # a list: wait for every one
+__all__ = ["DEFAULT_TIMEOUT_S", "FlushMiddleware", "flush_process"]

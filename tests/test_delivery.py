@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from klime_mp.delivery.deliverer import Deliverer, Delivery, DeliveryError
+from klime_mp.delivery.deliverer import Deliverer, Delivery
 from klime_mp.delivery.transport import Transport
+from klime_mp.errors import DeliveryError
 from klime_mp.options import build_options
 from klime_mp.responses import BatchResponse, ValidationError
 from tests.scripted_server import Reply, ScriptedServer

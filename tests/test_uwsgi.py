@@ -250,13 +250,12 @@ def test_configure_installs_the_uwsgi_hooks_once(
     exit_flushes: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import klime_mp
-    from klime_mp import default
-    from klime_mp.lifecycle import hosts
+    from klime_mp import default, host_hooks
 
     api = FakeUwsgi()
     monkeypatch.setattr(default, "_default", None)  # restored afterwards
     monkeypatch.setitem(sys.modules, "uwsgi", api)
-    monkeypatch.setattr(hosts, "_installed_in", set())
+    monkeypatch.setattr(host_hooks, "_installed_in", set())
     assert not hasattr(api, "atexit")
     klime_mp.configure("key", endpoint="http://127.0.0.1:9")
     assert hasattr(api, "atexit")  # configure() found uWSGI and hooked it

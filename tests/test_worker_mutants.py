@@ -18,7 +18,8 @@ import pytest
 
 from klime_mp import KlimeClient, SendError
 from klime_mp.delivery.worker import rejected_events
-from klime_mp.responses import BatchResponse, EventTooLargeError, ValidationError
+from klime_mp.errors import EventTooLargeError
+from klime_mp.responses import BatchResponse, ValidationError
 from klime_mp.spool.log import status as spool_status
 from tests.scripted_server import Reply, ScriptedServer
 

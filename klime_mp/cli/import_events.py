@@ -13,8 +13,8 @@ import tempfile
 import time
 from typing import IO, Callable, TextIO
 
+from klime_mp.errors import HeaderError, ImportStopped
 from klime_mp.importer import engine as importer
-from klime_mp.importer.lines import HeaderError
 from klime_mp.options import MAX_BATCH_SIZE, Options, build_options
 
 DESCRIPTION = """\
@@ -141,7 +141,7 @@ def _import(
     try:
         importer.send(work, options, report, status.sent, counts, args.batch_size)
         stopped = None
-    except importer.ImportStopped as exc:
+    except ImportStopped as exc:
         stopped = str(exc)
     status.done()
     print_summary(counts, sys.stdout)

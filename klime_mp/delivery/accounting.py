@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from klime_mp.errors import LossReport
 from klime_mp.options import Options
 
 DROP_WARNING_INTERVAL_S = 1.0
@@ -39,19 +40,6 @@ class Stats:
     dropped: dict[str, int] = field(default_factory=dict)  # every lost event, by reason
     recovered: int = 0  # events of dead processes claimed from the spool and sent
     resent: int = 0  # of those, events the dead process had sent too (may be duplicates)
-
-
-class LossReport(Exception):
-    """What ``on_error`` receives for events lost without an HTTP failure of their own
-    (a full queue, a call after shutdown, the spool's size limit...).
-
-    ``reason`` is the ``Stats.dropped`` key; ``count`` the number of events lost, which
-    can exceed the events attached when a long overflow parked more than it keeps."""
-
-    def __init__(self, message: str, reason: str, count: int) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.count = count
 
 
 class Ledger:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from klime_mp.delivery.transport import Attempt, Transport
+from klime_mp.errors import DeliveryError
 from klime_mp.options import Options
 from klime_mp.responses import BatchResponse, ValidationError
 
@@ -34,7 +35,7 @@ class Delivery:
     """The outcome of sending one batch, after any retries."""
 
     response: BatchResponse | None  # set when the server took the batch (HTTP 200)
-    error: Exception | None  # set when it failed for good
+    error: DeliveryError | None  # set when it failed for good
     retries: int
 
 
@@ -42,15 +43,9 @@ class Delivery:
 REJECTED = "rejected"  # the server refused it (400, 401...): resending cannot help
 RETRIES_EXHAUSTED = "retries_exhausted"
 SHUTDOWN_TIMEOUT = "shutdown_timeout"  # the shutdown deadline came first
-
-
-class DeliveryError(Exception):
-    """A batch could not be delivered; ``status`` is the last HTTP status, if any."""
-
-    def __init__(self, message: str, reason: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.status = status
+# A bug (ours or a library's) raised while sending: counted under its own name, so it
+# is never mistaken for an outage or a deadline.
+INTERNAL_ERROR = "internal_error"
 
 
 class Deliverer:

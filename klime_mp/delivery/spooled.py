@@ -127,7 +127,7 @@ class Spool:
             if not batch:
                 return True
             delivery = post(batch)
-            refused = getattr(delivery.error, "reason", None) == REJECTED
+            refused = delivery.error is not None and delivery.error.reason == REJECTED
             if delivery.response is None and not refused:
                 orphan.rewind()
                 return False

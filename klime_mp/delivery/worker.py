@@ -17,25 +17,25 @@ import time
 from typing import Any, Callable, Protocol
 
 from klime_mp.delivery import spooled as recovery
-from klime_mp.delivery.accounting import Ledger, LossReport, Stats, decode
+from klime_mp.delivery.accounting import Ledger, Stats, decode
 from klime_mp.delivery.deliverer import (
+    INTERNAL_ERROR,
     REJECTED,
     SHUTDOWN_TIMEOUT,
     Deliverer,
     Delivery,
-    DeliveryError,
 )
 from klime_mp.delivery.queue import MemoryQueue
 from klime_mp.delivery.transport import Transport
-from klime_mp.options import Options
-from klime_mp.responses import BatchResponse, SendError
+from klime_mp.errors import DeliveryError, LossReport, SendError
+from klime_mp.options import DEFAULT_FLUSH_TIMEOUT_S, Options
+from klime_mp.responses import BatchResponse
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
 _BODY_OVERHEAD = len(b'{"batch":[]}')
 BATCH_BYTES = MAX_BODY_BYTES - _BODY_OVERHEAD
 # flush() without a timeout waits at most this long: an outage cannot hold a caller
 # (PostHog bounds its flush the same way). The events stay queued either way.
-FLUSH_TIMEOUT_S = 10.0
 # After its deadline, shutdown() still waits this long for a report the sender is making
 # (a batch it settled at that very moment): on_error has had every loss when it returns.
 REPORT_GRACE_S = 1.0
@@ -144,18 +144,18 @@ class Worker:
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every event accepted before this call is settled, at most
-        ``timeout`` seconds (``FLUSH_TIMEOUT_S`` when None).
+        ``timeout`` seconds (``DEFAULT_FLUSH_TIMEOUT_S`` when None).
 
         True only when all of them were delivered and no event was lost since the
         previous flush() returned; False when any was lost or is still waiting (it
         stays queued: the sender carries on)."""
-        wait = FLUSH_TIMEOUT_S if timeout is None else timeout
+        wait = DEFAULT_FLUSH_TIMEOUT_S if timeout is None else timeout
         return self.begin_flush()(time.monotonic() + wait)
 
     def begin_flush(self) -> Callable[[float], bool]:
         """Ask the sender to send everything accepted so far; return the wait for it
         (called with a deadline). Split in two so that a process-wide flush can start
-        every client's sender before it waits for any (``wsgi.flush_process``)."""
+        every client's sender before it waits for any (``forksafe.flush_process``)."""
         with self._lock:
             target = self._accepted
             mark = self._loss_mark
@@ -332,7 +332,7 @@ class Worker:
     def _keeps(self, source: Source, delivery: Delivery) -> bool:
         """Events from the spool are lost only to a refusal; the rest waits on disk.
         Before shutdown, a deadline can only be a flush's: its batch stays queued."""
-        reason = getattr(delivery.error, "reason", None)
+        reason = None if delivery.error is None else delivery.error.reason
         if reason == SHUTDOWN_TIMEOUT and not self._closed:
             return True
         return source is self._spool and reason != REJECTED
@@ -343,9 +343,8 @@ class Worker:
         if response is None:
             error = delivery.error
             assert error is not None
-            reason = getattr(error, "reason", SHUTDOWN_TIMEOUT)
             self._ledger.add("retries", delivery.retries)
-            self._ledger.lost(reason, error, batch, failed=True)
+            self._ledger.lost(error.reason, error, batch, failed=True)
             return
         rejected = rejected_events(batch, response)
         self._ledger.delivered(len(batch) - len(rejected), delivery.retries)
@@ -371,8 +370,8 @@ class Worker:
         with self._send_lock:
             delivery = self._post([data])
         if delivery.response is None:
-            reason = getattr(delivery.error, "reason", SHUTDOWN_TIMEOUT)
-            self._ledger.count_failed(reason, 1, delivery.retries)
+            assert delivery.error is not None  # a Delivery holds a response or an error
+            self._ledger.count_failed(delivery.error.reason, 1, delivery.retries)
             raise SendError(str(delivery.error), decode([data]))
         self._ledger.delivered(1 - min(max(delivery.response.failed, 0), 1), delivery.retries)
         return delivery.response
@@ -385,7 +384,8 @@ class Worker:
             return self._deliverer.send(body, functools.partial(self._nearer_deadline, deadline))
         except Exception as exc:  # a bug or an exotic failure must not kill the thread
             self._options.logger.exception("Klime: unexpected error while sending a batch")
-            return Delivery(None, exc, 0)
+            error = DeliveryError(f"unexpected error while sending: {exc!r}", INTERNAL_ERROR)
+            return Delivery(None, error, 0)
 
     def _nearer_deadline(self, deadline: float | None) -> float | None:
         """``deadline`` or shutdown's, whichever comes first (None: neither). Read anew

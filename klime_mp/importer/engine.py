@@ -26,10 +26,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Callable
 
-from klime_mp.delivery.deliverer import REJECTED, Deliverer, DeliveryError
+from klime_mp.delivery.deliverer import REJECTED, Deliverer
 from klime_mp.delivery.transport import Transport
 from klime_mp.delivery.worker import BATCH_BYTES
-from klime_mp.importer.lines import Event, LineError, Parsed, csv_rows, jsonl_fields, to_event
+from klime_mp.errors import DeliveryError, ImportStopped, LineError
+from klime_mp.importer.lines import Event, Parsed, csv_rows, jsonl_fields, to_event
 from klime_mp.options import MAX_BATCH_SIZE, Options
 
 # A refusal that every later batch would get too: stop instead of refusing them all.
@@ -56,10 +57,6 @@ class Counts:
 
 Report = Callable[[int, str], None]  # (line number, reason): a bad or refused line
 Progress = Callable[[Counts], None]
-
-
-class ImportStopped(Exception):
-    """Sending stopped: the server is unreachable or refuses every batch."""
 
 
 class ImportWork:

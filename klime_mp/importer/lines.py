@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple, Union
 
 from klime_mp import events
+from klime_mp.errors import HeaderError, LineError
 from klime_mp.timestamps import to_wire
 
 # The namespace of derived messageIds. Changing it changes every derived id, and a
@@ -40,14 +41,6 @@ _canonical = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
 ).encode
 _ENCODE_ERRORS = (ValueError, TypeError, RecursionError, UnicodeEncodeError)
-
-
-class LineError(ValueError):
-    """Why one line is not a valid event."""
-
-
-class HeaderError(ValueError):
-    """The CSV header cannot be read: the whole file is unusable."""
 
 
 class Event(NamedTuple):

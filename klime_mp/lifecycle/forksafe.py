@@ -38,14 +38,23 @@ import weakref
 from types import FrameType
 from typing import Any, Callable, Generic, Protocol, TypeVar, cast
 
-from klime_mp.lifecycle import hosts
+from klime_mp.lifecycle.gevent_resolver import prepare_exit_send
+from klime_mp.options import DEFAULT_FLUSH_TIMEOUT_S
 
 logger = logging.getLogger(__name__)
 
 
 class PerProcessState(Protocol):
+    """What the registry needs of a per-process value (a client's worker)."""
+
     def abandon(self) -> None:
         """Called in a child for the parent's state: release it without its locks."""
+
+    def size(self) -> int:
+        """Events waiting to be sent."""
+
+    def begin_flush(self) -> Callable[[float], bool]:
+        """Start sending what is queued; return the wait for it (given a deadline)."""
 
 
 T = TypeVar("T", bound=PerProcessState)
@@ -61,6 +70,9 @@ _owned: set[ProcessLocal[Any]] = set()
 _locks_by_pid: dict[int, threading.Lock] = {}
 _exit_hook_pids: set[int] = set()  # processes whose multiprocessing exit hooks are set
 _multiprocessing_child = 0  # this PID, once multiprocessing (or billiard) started it
+# Called with the PID on the first value built in each process: the host hooks
+# (klime_mp.host_hooks) register here, so this module never imports what sits above it.
+_first_use_hooks: list[Callable[[int], None]] = []
 
 # The PID whose exit flush has begun; 0 until then. Read by callers after queueing:
 # see ``ProcessLocal.exit_if_late``.
@@ -190,7 +202,7 @@ def _after_fork_in_child() -> None:
 def _flush_at_exit(budget: float | None = None) -> None:
     global exit_flushed_pid, _exit_flush_running
     exit_flushed_pid = _exit_flush_running = getpid()
-    hosts.prepare_exit_send()
+    prepare_exit_send()
     try:
         shut_down_owned(budget)
     finally:
@@ -230,6 +242,31 @@ def owned_values() -> list[PerProcessState]:
     return [value for value in (local.peek() for local in list(_live)) if value is not None]
 
 
+def queued_events() -> int:
+    """Events waiting in this process's queues, across every client."""
+    return sum(value.size() for value in owned_values())
+
+
+def flush_process(timeout: float | None = None) -> bool:
+    """Flush every client of the current process, all within one ``timeout`` (10 s
+    when None, as ``flush()``).
+
+    Every client's sender is woken first and then waited for, so one client stuck in an
+    outage does not use up the others' time. True when everything queued before the
+    call was delivered."""
+    wait = DEFAULT_FLUSH_TIMEOUT_S if timeout is None else timeout
+    deadline = time.monotonic() + wait
+    waits = [value.begin_flush() for value in owned_values()]
+    return all([wait_for(deadline) for wait_for in waits])  # a list: wait for every one
+
+
+def on_first_use_in_process(hook: Callable[[int], None]) -> None:
+    """Call ``hook(pid)`` whenever a process builds its first value; ``hook`` must
+    not raise. Registering the same hook again changes nothing."""
+    if hook not in _first_use_hooks:
+        _first_use_hooks.append(hook)
+
+
 # -- multiprocessing children ------------------------------------------------------------
 
 
@@ -238,7 +275,8 @@ def _install_exit_hooks(pid: int) -> None:
 
     It is registered in the child itself, after multiprocessing has cleared the
     finalizers it inherited from its parent."""
-    hosts.install_for_process(pid)  # uWSGI's and Celery's own exit paths, if running there
+    for hook in _first_use_hooks:  # uWSGI's and Celery's own exit paths, if running there
+        hook(pid)
     in_child = (
         pid == _multiprocessing_child
         or multiprocessing.parent_process() is not None

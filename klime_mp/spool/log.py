@@ -66,6 +66,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from klime_mp.errors import SpoolUnavailable
 from klime_mp.spool import format as fmt
 from klime_mp.spool.files import (
     EVERYTHING,
@@ -124,10 +125,6 @@ SPOOL_FULL = "spool_full"  # the on_loss reason when the size limit drops record
 STALE_TEMP_S = 60.0
 
 LossCallback = Callable[[str, list[bytes]], None]
-
-
-class SpoolUnavailable(Exception):
-    """The spool directory cannot be used; the message says why."""
 
 
 def app_directory(spool_dir: PathLike, endpoint: str, write_key: str) -> Path:
