@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
     {"client"},
     {"default"},
     {"wsgi", "asgi"},
-    {"cli", "demo"},
+    {"cli", "demo", "testing"},  # testing: the pytest plugin
     {"__main__", "__init__"},
     {"demo.example_app"},  # the demo's app: a user's app, shipped inside the package
 ]
