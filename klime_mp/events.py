@@ -20,13 +20,13 @@ from klime_mp._version import __version__
 from klime_mp.errors import EventTooLargeError
 from klime_mp.message_ids import new_message_id
 from klime_mp.values import MAX_DEPTH
+from klime_mp.wire import MAX_EVENT_BYTES
 
 # Re-exported: the argument type and the datetime format are part of what events offers.
 Id = values.Id
 format_datetime = values.format_datetime
 
 LIBRARY_NAME = "klime_mp"
-MAX_EVENT_BYTES = 200 * 1024
 
 # Shared by every event: json never mutates it, and building it once saves a dict per call.
 _CONTEXT = {"library": {"name": LIBRARY_NAME, "version": __version__}}

@@ -739,8 +739,8 @@ def test_status_command_prints_a_table_and_json(app: Path, tmp_path: Path) -> No
     table = subprocess.run([*command, str(root)], capture_output=True, text=True, timeout=60)
     assert table.returncode == 0, table.stderr
     header, row = table.stdout.splitlines()[:2]
-    assert header.split()[:3] == ["APP", "SEGMENTS", "PENDING"]
-    assert row.split()[:3] == [app.name, "1", "30"]
+    assert header.split()[:4] == ["APP", "ENDPOINT", "SEGMENTS", "PENDING"]
+    assert row.split()[:4] == [app.name, "?", "1", "30"]  # no endpoint file: made by 0.1.0
     raw = subprocess.run([*command, "--json", str(root)], capture_output=True, timeout=60)
     (entry,) = json.loads(raw.stdout)
     assert (entry["app"], entry["pending"], entry["orphans"], entry["live"]) == (

@@ -29,8 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def add_status(commands: SubParsers) -> None:
     status = commands.add_parser(
         "status",
-        help="per app: segments, events pending, bytes, oldest pending age, live, orphans",
-        description="What is waiting in a spool directory, per app directory (read-only).",
+        help="per app: its endpoint, segments, events pending, bytes, oldest, live, orphans",
+        description=(
+            "What is waiting in a spool directory, per app directory (read-only). An app"
+            " directory is named by a digest of endpoint and write key; ENDPOINT says where"
+            " its events go (the key is never written down; '?' for a directory that"
+            " klime_mp 0.1.0 made)."
+        ),
     )
     status.add_argument("directory", metavar="DIR", help="the spool directory (spool_dir)")
     status.add_argument("--json", action="store_true", help="one JSON list instead of a table")
@@ -59,7 +64,7 @@ def add_drain(commands: SubParsers) -> None:
 
 SUBCOMMANDS: list[Callable[[SubParsers], None]] = [add_status, add_drain]
 
-COLUMNS = ("APP", "SEGMENTS", "PENDING", "BYTES", "OLDEST", "LIVE", "ORPHANS", "TORN")
+COLUMNS = ("APP", "ENDPOINT", "SEGMENTS", "PENDING", "BYTES", "OLDEST", "LIVE", "ORPHANS", "TORN")
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -112,6 +117,7 @@ def _as_json(state: spool.AppStatus) -> dict[str, Any]:
 def _row(state: spool.AppStatus) -> tuple[str, ...]:
     return (
         state.app,
+        state.endpoint or "?",
         str(state.segments),
         str(state.pending),
         _size(state.bytes),

@@ -14,16 +14,16 @@ from typing import Callable
 
 from klime_mp.delivery.accounting import Ledger
 from klime_mp.delivery.deliverer import REJECTED, Delivery
-from klime_mp.options import MAX_BATCH_SIZE, Options
+from klime_mp.options import Options
 from klime_mp.spool import log as spool
+from klime_mp.wire import BATCH_BYTES, MAX_BATCH_SIZE
 
 # How often a live sender looks for logs of dead processes: a SIGKILLed sibling's
 # events go out within seconds, not at the next start.
 SCAN_INTERVAL_S = 2.0
-# Loss reasons of the spool (keys of ``Stats.dropped``).
-SPOOL_FULL = "spool_full"  # the size limit dropped the oldest events
+# Loss reasons of the spool (keys of ``Stats.dropped``); the size limit's is the
+# storage's own (``spool.SPOOL_FULL``), reported through its on_loss callback.
 TORN = "spool_torn"  # a record cut short by a kill mid-write, or corrupted on disk
-_BATCH_BYTES = 10 * 1024 * 1024 - len(b'{"batch":[]}')
 
 _logger = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class Spool:
                 exc,
             )
             return None
+        spool.remember_endpoint(app_dir, options.endpoint)  # for `klime-mp spool status`
         return cls(log, app_dir, ledger)
 
     # -- the caller's side (under the worker's lock) -------------------------------------
@@ -123,7 +124,7 @@ class Spool:
 
     def _send_orphan(self, orphan: spool.Orphan, post: Post, settle: Settle) -> bool:
         while True:
-            batch = orphan.take(MAX_BATCH_SIZE, _BATCH_BYTES)
+            batch = orphan.take(MAX_BATCH_SIZE, BATCH_BYTES)
             if not batch:
                 return True
             delivery = post(batch)

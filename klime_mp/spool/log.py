@@ -91,7 +91,7 @@ from klime_mp.spool.files import (
     warn_once,
 )
 from klime_mp.spool.format import START, Position
-from klime_mp.spool.status import AppStatus, app_directories, status
+from klime_mp.spool.status import AppStatus, app_directories, remember_endpoint, status
 from klime_mp.spool.unread import Unread
 
 __all__ = [
@@ -107,6 +107,7 @@ __all__ = [
     "app_directories",
     "app_directory",
     "claim_orphan",
+    "remember_endpoint",
     "status",
 ]
 
