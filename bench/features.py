@@ -41,6 +41,8 @@ NAMES = ["Page Viewed", "Report Generated", "Button Clicked", "Signed In", "Expo
 def median_rounds(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
     """Each variant's median over ``rounds`` alternating rounds."""
     seen: dict[str, list[float]] = {name: [] for name in variants}
+    for run in variants.values():
+        run()  # warm-up, not counted: the first round of the first variant ran cold
     for _ in range(rounds):
         for name, run in variants.items():
             seen[name].append(run())
