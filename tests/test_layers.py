@@ -18,7 +18,8 @@ LAYERS: list[set[str]] = [
     {"spool", "lifecycle", "collector"},  # storage, the fork registry, the local server
     {"delivery"},  # the per-process sender
     {"importer"},
-    {"uwsgi", "celery", "gunicorn_conf"},  # host integrations the lifecycle never imports
+    # host integrations the lifecycle never imports
+    {"uwsgi", "celery", "gunicorn_conf", "asgi_servers"},
     {"host_hooks"},  # finds the running host and installs its integration
     {"client"},
     {"default"},
