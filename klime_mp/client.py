@@ -57,6 +57,9 @@ class KlimeClient:
         sync_mode: bool = False,
         spool_dir: str | os.PathLike[str] | None = None,
         spool_max_bytes: int | None = None,
+        debug: bool | None = None,
+        metrics: bool = True,
+        stall_warning: float = 300.0,
     ) -> None:
         self._options = build_options(
             write_key,
@@ -76,6 +79,9 @@ class KlimeClient:
             sync_mode=sync_mode,
             spool_dir=spool_dir,
             spool_max_bytes=spool_max_bytes,
+            debug=debug,
+            metrics=metrics,
+            stall_warning=stall_warning,
         )
         # partial, not a lambda over self: the registry must not keep the client alive.
         self._worker: ProcessLocal[Worker] = ProcessLocal(

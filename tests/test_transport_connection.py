@@ -488,6 +488,8 @@ def test_tls_refuses_a_certificate_it_cannot_verify(
     assert failed.status is None and failed.error is not None
     assert failed.error.startswith("SSLError (")
     assert "CERTIFICATE_VERIFY_FAILED" in failed.error
+    port = tls_server.url.rsplit(":", 1)[1]
+    assert (failed.cause or "").startswith(f"TLS: certificate verify failed for 127.0.0.1:{port}")
     assert tls_server.seen == []
 
 
