@@ -21,6 +21,7 @@ from klime_mp.delivery.worker import OVERSIZED, Stats, Worker
 from klime_mp.errors import EventTooLargeError, SendError
 from klime_mp.lifecycle import forksafe
 from klime_mp.lifecycle.forksafe import ProcessLocal
+from klime_mp.metrics import register as register_metrics
 from klime_mp.options import ErrorCallback, Options, SuccessCallback, build_options
 from klime_mp.responses import BatchResponse
 from klime_mp.timestamps import Timestamp, to_wire
@@ -83,6 +84,8 @@ class KlimeClient:
             metrics=metrics,
             stall_warning=stall_warning,
         )
+        if self._options.metrics:  # the instruments, once; read at collection time
+            register_metrics()
         # partial, not a lambda over self: the registry must not keep the client alive.
         self._worker: ProcessLocal[Worker] = ProcessLocal(
             functools.partial(Worker, self._options),

@@ -17,6 +17,7 @@ LAYERS: list[set[str]] = [
     {"_version", "errors", "options", "timestamps", "message_ids", "responses", "events"},
     {"spool", "lifecycle", "collector"},  # storage, the fork registry, the local server
     {"delivery"},  # the per-process sender
+    {"metrics"},  # OpenTelemetry instruments read from the delivery layer's counts
     {"importer"},
     # host integrations the lifecycle never imports
     {"uwsgi", "celery", "gunicorn_conf", "asgi_servers"},

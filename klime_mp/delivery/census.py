@@ -63,6 +63,8 @@ def _lock() -> threading.Lock:
 
 
 def enroll(worker: Counted) -> None:
+    if not worker._options.metrics:  # a client that asked to stay out of the metrics
+        return
     with _lock():
         _live.setdefault(os.getpid(), weakref.WeakSet()).add(worker)
 
