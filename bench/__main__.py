@@ -1,200 +1,236 @@
-"""``python -m bench``: klime_mp against the official SDK, Segment and PostHog.
+"""``python -m bench``: klime_mp against the official SDK, Segment and PostHog, in one run.
 
-Installs nothing: ``pip install -e ".[bench]"`` first. Every SDK posts to the same
-local sink (``bench/sink.py``); results go to ``bench/results/`` (JSON, markdown, PNG)
-and, between markers, into ``docs/performance.md`` (and README.md if it has them).
+Installs nothing: ``pip install -e ".[bench]"`` first, and run it from the repository
+root (``bench`` is not an installed package). Every SDK posts to the same receiver, the
+local collector in sink mode (``bench/collector.py``). Prints one markdown table per
+measurement and writes them, with every run's figures, to ``bench/results/``.
 
-Run it from the repository root (``bench`` is not an installed package):
-
-    python -m bench                 # the full run (under 10 minutes on 2 cores)
-    python -m bench --quick         # a ~2-minute smoke run, results in bench/results/quick/
+    python -m bench                      # the full run (about 10 minutes on 2 cores)
+    python -m bench --quick              # tiny sizes, one run: proves it runs
     python -m bench --only latency,throughput --runs 5
-    python -m bench --redraw        # measure nothing: charts and docs from results.json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
-import importlib.util
+import http.client
 import json
 import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from bench import phases, summary
-from bench.control import ROOT, RefusedPort, SinkProcess
-from bench.plan import FULL, PARTS, QUICK, Plan
-from bench.report import update_docs, write
-from bench.sdks import versions
+from bench import under_gunicorn
+from bench.collector import RefusedPort, Sink
+from bench.sdks import BASELINES, SDKS
+from bench.table import Figures, Run, markdown, summary
 
-RESULTS = ROOT / "bench" / "results"
-DOCS = (ROOT / "docs" / "performance.md", ROOT / "README.md")  # updated where they have markers
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def log(message: str) -> None:
-    print(message, flush=True)
+@dataclass(frozen=True)
+class Plan:
+    runs: int = 3  # every figure is the median (min-max) over this many runs
+    latency_calls: int = 50_000
+    latency_budget_s: float = 12.0  # a run is cut here, the call in flight censored...
+    latency_stall_s: float = 2.0  # ...and so is a run whose one call blocks this long
+    throughput_events: int = 50_000
+    cpu_requests: int = 2000  # per app
+    gunicorn_requests: int = 3000  # per app
+    gunicorn_workers: int = 4
+    slices: int = 10  # each app's requests in this many turns
+    memory_events: int = 50_000
 
 
-def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a ~2-minute smoke run")
-    parser.add_argument("--runs", type=int, help="runs per figure (default 3, quick 1)")
-    parser.add_argument("--only", help=f"comma-separated parts: {','.join(PARTS)}")
-    parser.add_argument(
-        "--redraw",
-        action="store_true",
-        help="measure nothing: charts, results.md and docs again from results.json",
-    )
-    parser.add_argument(
-        "--no-docs", action="store_true", help="do not update docs/performance.md and README.md"
-    )
-    return parser.parse_args(argv)
+QUICK = Plan(1, 2000, 4.0, 1.0, 5000, 200, 300, 2, 2, 5000)
 
 
-def machine() -> str:
-    try:
+def rotated(names: tuple[str, ...], run: int) -> list[str]:
+    """The SDKs in the order of this run: each goes first in turn."""
+    shift = run % len(names)
+    return list(names[shift:] + names[:shift])
+
+
+def workload(part: str, config: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+    """``python -m bench.workload`` for one SDK; its result, or None if it had none."""
+    with tempfile.TemporaryDirectory(prefix="bench-") as folder:
+        out = Path(folder, "result.json")
+        command = [sys.executable, "-m", "bench.workload", part, json.dumps(config), str(out)]
+        try:
+            done = subprocess.run(command, cwd=ROOT, timeout=timeout, capture_output=True)
+        except subprocess.TimeoutExpired:
+            print(f"  ! {part} {config['sdk']}: no result in {timeout:.0f} s", flush=True)
+            return None
+        if not out.exists():
+            print(f"  ! {part} {config['sdk']}: {done.stderr.decode()[-1500:]}", flush=True)
+            return None
+        result: dict[str, Any] = json.loads(out.read_text())
+        return result
+
+
+def latency(plan: Plan, sink: Sink, down: RefusedPort, run: int) -> Run:
+    """track() timed call by call: collector up, down (refused), and queue full (down,
+    the queue filled to the SDK's default limit first, so every timed call is a drop).
+    Up and down: queues large enough that nobody drops."""
+    tables: Run = {}
+    for cond in ("up", "down", "full"):
+        names = rotated(SDKS, run) + (["floor"] if cond == "up" else [])
+        config = {
+            "url": sink.url if cond == "up" else down.url,
+            "calls": plan.latency_calls,
+            "budget_s": plan.latency_budget_s,
+            "stall_s": plan.latency_stall_s,
+            "prefill": cond == "full",
+            "queue_size": None if cond == "full" else plan.latency_calls + 1000,
+        }
+        timeout = plan.latency_budget_s + 60
+        results = {sdk: workload("latency", {**config, "sdk": sdk}, timeout) for sdk in names}
+        tables[f"latency {cond}"] = {sdk: r for sdk, r in results.items() if r}
+    return tables
+
+
+def throughput(plan: Plan, sink: Sink, down: RefusedPort, run: int) -> Run:
+    config = {"url": sink.url, "events": plan.throughput_events, "timeout_s": 60.0}
+    figures: Figures = {}
+    for sdk in rotated(SDKS, run):
+        result = workload("throughput", {**config, "sdk": sdk}, 120)
+        if result:
+            figures[sdk] = result
+    figures["collector ceiling"] = ceiling(sink, plan.throughput_events)
+    return {"throughput": figures}
+
+
+def ceiling(sink: Sink, events: int) -> dict[str, Any]:
+    """The sink's own limit: one connection posts one ready-made 100-event batch over and
+    over, no SDK work at all. An SDK's burst near this measures the sink, not the SDK."""
+    event: dict[str, Any] = {"type": "track", "messageId": "0" * 36, "userId": "usr_1"}
+    event |= {"event": "Report Generated", "timestamp": "2026-01-01T00:00:00Z", "properties": {}}
+    body = json.dumps({"batch": [event] * 100}).encode()
+    host, port = sink.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port))
+    started = time.monotonic()
+    for _ in range(events // 100):
+        conn.request("POST", "/v1/batch", body, {"Authorization": "Bearer k"})
+        conn.getresponse().read()
+    conn.close()
+    return {"events_per_s": events // 100 * 100 / (time.monotonic() - started)}
+
+
+def gunicorn(plan: Plan, sink: Sink, down: RefusedPort, run: int) -> Run:
+    apps = rotated((*BASELINES, *SDKS), run)
+    args = (apps, sink, plan.gunicorn_requests, plan.slices, plan.gunicorn_workers)
+    return {"gunicorn": under_gunicorn.latency(*args)}
+
+
+def cpu(plan: Plan, sink: Sink, down: RefusedPort, run: int) -> Run:
+    apps = rotated((*BASELINES, *SDKS), run)
+    return {"cpu": under_gunicorn.cpu(apps, sink, plan.cpu_requests, plan.slices)}
+
+
+def memory(plan: Plan, sink: Sink, down: RefusedPort, run: int) -> Run:
+    config = {"url": down.url, "events": plan.memory_events}
+    results = {sdk: workload("memory", {**config, "sdk": sdk}, 120) for sdk in rotated(SDKS, run)}
+    return {"memory": {sdk: r for sdk, r in results.items() if r}}
+
+
+PARTS: dict[str, Callable[[Plan, Sink, RefusedPort, int], Run]] = {
+    "cpu": cpu,
+    "latency": latency,
+    "throughput": throughput,
+    "gunicorn": gunicorn,
+    "memory": memory,
+}
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return platform.machine()
 
 
-def revision() -> str:
-    """The commit measured, and whether klime_mp had uncommitted changes."""
+def meta(plan: Plan, parts: list[str]) -> dict[str, Any]:
+    def installed(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "not installed"
 
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
+    git = ["git", "-C", str(ROOT), "describe", "--always", "--dirty"]
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": cpu_model(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "revision": subprocess.run(git, capture_output=True, text=True).stdout.strip(),
+        "versions": {
+            d: installed(d)
+            for d in ("klime_mp", "klime", "segment-analytics-python", "posthog", "gunicorn")
+        },
+        "load_before": "/".join(f"{x:.1f}" for x in os.getloadavg()),
+        "parts": parts,
+        "plan": asdict(plan),
+    }
 
+
+def measure(plan: Plan, parts: list[str]) -> list[Run]:
+    """Every part in each run, every SDK within a part back to back, in rotating order."""
+    runs: list[Run] = []
+    sink, down = Sink(), RefusedPort()
     try:
-        commit, dirty = (
-            git("rev-parse", "--short", "HEAD"),
-            git("status", "--porcelain", "klime_mp"),
-        )
-    except OSError:
-        return "unknown"
-    return f"{commit}{' + uncommitted changes in klime_mp/' if dirty else ''}" or "unknown"
-
-
-def load_average() -> str:
-    try:
-        return "/".join(f"{x:.1f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
-def run_parts(plan: Plan, parts: list[str]) -> dict[str, Any]:
-    raw: dict[str, Any] = {}
-    sink = SinkProcess()
-    down = RefusedPort()
-    try:
-        steps = {
-            "cpu": lambda: phases.cpu(plan, sink, log),
-            "latency": lambda: phases.latency(plan, sink, down, log),
-            "throughput": lambda: phases.throughput(plan, sink, log),
-            "gunicorn": lambda: phases.gunicorn(plan, sink, log),
-            "fork": lambda: phases.fork(plan, sink, log),
-            "memory": lambda: phases.memory(plan, down, log),
-            "forkcost": lambda: phases.forkcost(plan, log),
-        }
-        for part in parts:
-            started = time.monotonic()
-            log(f"== {part}")
-            raw[part] = steps[part]()
-            log(f"   ({time.monotonic() - started:.0f} s)")
+        for run in range(plan.runs):
+            figures: Run = {}
+            for part in parts:
+                print(f"== run {run + 1}/{plan.runs}: {part}", flush=True)
+                figures.update(PARTS[part](plan, sink, down, run))
+            runs.append(figures)
     finally:
         down.close()
         sink.stop()
-    return raw
+    return runs
 
 
-def summarize(raw: dict[str, Any], plan: Plan) -> dict[str, Any]:
-    results = {
-        part: summary.memory(raw[part], plan)
-        if part == "memory"
-        else getattr(summary, part)(raw[part])
-        for part in PARTS
-        if part in raw
-    }
-    results["targets"] = summary.targets(results)
-    return results
-
-
-REQUIRED = ("klime_mp", "klime", "segment.analytics", "posthog", "gunicorn", "matplotlib")
-
-
-def missing_modules() -> list[str]:
-    """What the bench extra should have installed but did not (this installs nothing)."""
-    missing = []
-    for name in REQUIRED:
-        try:
-            found = importlib.util.find_spec(name) is not None
-        except ModuleNotFoundError:  # a parent package is missing
-            found = False
-        if not found:
-            missing.append(name)
-    return missing
-
-
-def charts_and_docs(results: dict[str, Any], out: Path, docs: bool) -> None:
-    from bench.charts import draw
-
+def write(results: dict[str, Any], out: Path) -> str:
+    """results.json (every run's figures) and results.md (the tables); the tables."""
+    m = results["meta"]
+    versions = ", ".join(f"{name} {v}" for name, v in m["versions"].items())
+    text = (
+        f"{m['date']}, {m['machine']} ({m['cpus']} CPUs), Python {m['python']}, klime_mp at"
+        f" {m['revision']}; {versions}; {m['plan']['runs']} run(s), load {m['load_before']},"
+        f" {m['duration_s']} s\n\n" + markdown(results["summary"])
+    )
     out.mkdir(parents=True, exist_ok=True)
-    charts = draw(results, out)
-    path = write(results, out, charts)
-    log(f"results: {path} and {out / 'results.json'}; charts: {', '.join(charts)}")
-    for document in update_docs(results, charts, out, DOCS) if docs else []:
-        log(f"updated {document.relative_to(ROOT)}")
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "results.md").write_text(text)
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
-    missing = missing_modules()
-    if missing:
-        log(f"missing: {', '.join(missing)}; install the bench extra: pip install -e '.[bench]'")
-        return 2
-    plan = QUICK if args.quick else FULL
-    if args.runs:
-        plan = replace(plan, runs=args.runs)
-    parts = args.only.split(",") if args.only else list(PARTS)
-    unknown = set(parts) - set(PARTS)
-    if unknown:
-        log(f"unknown parts: {', '.join(sorted(unknown))}; choose from {', '.join(PARTS)}")
-        return 2
-    out = RESULTS / "quick" if args.quick else RESULTS
-    if args.redraw:
-        results = json.loads((out / "results.json").read_text())
-        charts_and_docs(results, out, docs=not (args.quick or args.no_docs))
-        return 0
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one run")
+    parser.add_argument("--runs", type=int, help="runs per figure (default 3, quick 1)")
+    parser.add_argument("--only", default=",".join(PARTS), help=f"some of {','.join(PARTS)}")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else Plan()
+    plan = replace(plan, runs=args.runs) if args.runs else plan
+    parts = args.only.split(",")
+    if not set(parts) <= set(PARTS):
+        parser.error(f"--only takes some of {','.join(PARTS)}")
     started = time.monotonic()
-    meta: dict[str, Any] = {
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "revision": revision(),
-        "versions": versions(),
-        "runs": plan.runs,
-        "quick": args.quick,
-        "parts": parts,
-        "load_before": load_average(),
-        "plan": asdict(plan),
-    }
-    raw = run_parts(plan, parts)
-    results = summarize(raw, plan)
-    meta.update(duration_s=time.monotonic() - started, load_after=load_average())
-    results = {"meta": meta, **results, "raw": raw}
-    charts_and_docs(results, out, docs=not (args.quick or args.no_docs))
-    log(f"done in {time.monotonic() - started:.0f} s")
+    results: dict[str, Any] = {"meta": meta(plan, parts), "runs": measure(plan, parts)}
+    results["meta"]["duration_s"] = round(time.monotonic() - started)
+    results["summary"] = summary(results["runs"])
+    out = ROOT / "bench" / "results" / ("quick" if args.quick else "")
+    print(write(results, out), f"\nwritten: {out}/results.json and results.md", sep="")
     return 0
 
 

@@ -12,7 +12,7 @@ with its cost in a loop.
 
 Each round times one call of each SDK after an idle of ``--idle-ms`` (``time.sleep``),
 SDKs in turn, so noise lands on all of them. Every
-SDK posts to the benchmark's sink with its own defaults (queues large enough to drop
+SDK posts to the collector in sink mode with its own defaults (queues large enough to drop
 nothing), so a call that sends inline, as the official SDK's does when its batch fills,
 costs what it costs; the median keeps those rare calls out. ``encode_only`` is the least
 an SDK can do in the call (``bench.sdks.EncodeOnly``).
@@ -25,7 +25,7 @@ import os
 import statistics
 import time
 
-from bench.control import SinkProcess
+from bench.collector import Sink
 from bench.sdks import SDKS, Settings, make
 
 NAMES = (*SDKS, "encode_only")
@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=1000, help="timed calls per SDK after an idle")
     parser.add_argument("--idle-ms", type=float, default=2.0, help="idle before each call")
     args = parser.parse_args()
-    sink = SinkProcess()
+    sink = Sink()
     settings = Settings(url=sink.url, queue_size=10 * args.calls + 200_000)
     calls = {name: make(name, settings).call for name in NAMES}
     properties = {"report_type": "revenue", "path": "/"}

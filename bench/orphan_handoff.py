@@ -21,7 +21,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from bench.control import wait_until
+from bench.collector import wait_until
 from klime_mp.collector import Collector
 
 SIBLING = textwrap.dedent("""

@@ -24,7 +24,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from bench.control import wait_until
+from bench.collector import wait_until
 
 EVENT = "Report Generated"
 USER = "usr_1"
@@ -36,16 +36,6 @@ PEERS = ("klime", "segment", "posthog")
 # The apps of the Gunicorn parts besides the SDKs: none at all, and the least an SDK can
 # do in the request (encode the event; send nothing), which bounds what any SDK can reach.
 BASELINES = ("none", "encode_only")
-LABELS = {
-    "klime_mp": "klime_mp",
-    "klime_mp_spool": "klime_mp + spool",
-    "klime": "klime 1.1.0 (official)",
-    "segment": "Segment analytics-python",
-    "posthog": "PostHog",
-    "none": "no SDK",
-    "encode_only": "encode only (json.dumps, nothing sent)",
-    "floor": "harness floor (empty call)",
-}
 
 Call = Callable[..., Any]  # called as call(properties={...})
 
@@ -66,7 +56,7 @@ class Settings:
 
 
 class Adapter:
-    """One SDK's client; ``queued()`` reads a ``queue.Queue`` unless overridden."""
+    """One SDK's client and its track call (the base class's call does nothing)."""
 
     default_queue_size = 10000
 
@@ -76,10 +66,7 @@ class Adapter:
         self.call: Call = _noop
 
     def flush(self, timeout: float) -> None:
-        raise NotImplementedError
-
-    def queued(self) -> int:
-        return int(self.client.queue.qsize())
+        pass
 
     @property
     def queue_limit(self) -> int:
@@ -114,9 +101,6 @@ class KlimeMp(Adapter):
     def flush(self, timeout: float) -> None:
         self.client.flush(timeout)
 
-    def queued(self) -> int:
-        return int(self.client.queue_size())
-
 
 class KlimeMpSpool(KlimeMp):
     spool = True
@@ -138,9 +122,6 @@ class Klime(Adapter):
         # flush() returns at once while its timer thread is flushing: wait for that too.
         self.client.flush()
         wait_until(lambda: self.client.queue_size() == 0, timeout)
-
-    def queued(self) -> int:
-        return int(self.client.queue_size())
 
 
 class Segment(Adapter):
@@ -194,12 +175,6 @@ class EncodeOnly(Adapter):
         if len(self.client) >= 100:
             self.client.clear()
         self.client.append(json.dumps(event))
-
-    def flush(self, timeout: float) -> None:
-        pass
-
-    def queued(self) -> int:
-        return 0
 
 
 ADAPTERS: dict[str, type[Adapter]] = {

@@ -1,7 +1,7 @@
 """CPU per POST of the transport, against the HTTP stacks under it, in one run.
 
 Each variant posts the same 20-event batch over one kept-alive connection to the
-benchmark's loopback sink (its own process, so its CPU is not counted) and is measured
+collector in sink mode (its own process, so its CPU is not counted) and is measured
 in process CPU (``time.process_time``) per POST. Variants alternate, round after round,
 and the median round is reported, so a burst of load on the machine hits all of them.
 
@@ -9,7 +9,7 @@ and the median round is reported, so a burst of load on the machine hits all of 
 
 Variants: ``http.client`` on one connection (what the transport cost before it moved
 to urllib3: within a few µs of this), a bare urllib3 ``HTTPConnectionPool.urlopen``,
-and ``klime_mp.delivery.transport.Transport.post``.
+and klime_mp's ``Transport.post``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import urllib3
 
-from bench.control import SinkProcess
+from bench.collector import Sink
 from klime_mp.delivery.transport import Transport
 from klime_mp.options import build_options
 
@@ -46,6 +46,11 @@ def batch_body() -> bytes:
     return json.dumps({"batch": [event] * EVENTS}).encode()
 
 
+def transport(url: str) -> Transport:
+    """klime_mp's internal Transport: what one POST costs without the worker around it."""
+    return Transport(build_options("k", url))
+
+
 def variants(url: str, body: bytes) -> dict[str, Callable[[], object]]:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
@@ -56,18 +61,18 @@ def variants(url: str, body: bytes) -> dict[str, Callable[[], object]]:
         return conn.getresponse().read()
 
     pool = urllib3.HTTPConnectionPool(host, port, maxsize=1, retries=False)
-    transport = Transport(build_options("k", url))
+    ours = transport(url)
     return {
         "http.client": with_http_client,
         f"urllib3 {version('urllib3')} pool": lambda: pool.urlopen(
             "POST", "/v1/batch", body=body, headers=HEADERS, retries=False
         ),
-        "klime_mp Transport": lambda: transport.post(body, 10.0),
+        "klime_mp Transport": lambda: ours.post(body, 10.0),
     }
 
 
 def measure(posts: int, rounds: int) -> dict[str, list[float]]:
-    sink = SinkProcess()
+    sink = Sink()
     try:
         cases = variants(sink.url, batch_body())
         for post in cases.values():  # connect and warm up

@@ -1,98 +1,39 @@
-"""Gunicorn runs: CPU per event (part 0), request rate and latency per SDK (part 3),
-and --preload (part 4)."""
+"""Every app under Gunicorn at once, loaded in turns: CPU per event and request latency.
+
+One ``gunicorn bench.wsgi_app:app`` per app (each SDK, no SDK, encode only). The load
+generator's processes each keep one request in flight; the requests for each app are cut
+into slices and all processes move from one app's slice to the next together (a
+barrier), so a burst of noise from elsewhere on a shared machine lands on every app
+alike instead of on whichever one happened to be running.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import importlib.util
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from array import array
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from bench.control import ROOT, SinkClient, SinkProcess, free_port, wait_until
-from bench.loadgen import run_python
-from bench.plan import Plan
+from bench.collector import Sink, free_port, wait_until
 from bench.sdks import BASELINES
 
-READY_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 40.0
-DELIVERY_TIMEOUT_S = 30.0
+ROOT = Path(__file__).resolve().parent.parent
+Figures = dict[str, dict[str, Any]]  # app -> figure -> value
 
 
-class Gunicorn:
-    """``gunicorn bench.wsgi_app:app`` with the SDK picked by environment variables."""
-
-    def __init__(
-        self,
-        sdk: str,
-        url: str,
-        workers: int,
-        preload: bool = False,
-        env: dict[str, str] | None = None,
-    ) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115  # lives as long as the server
-            prefix="bench-gunicorn-", suffix=".log"
-        )
-        command = [
-            sys.executable, "-m", "gunicorn",
-            "--workers", str(workers),
-            "--bind", f"127.0.0.1:{self.port}",
-            "--error-logfile", self._log.name,
-            "--graceful-timeout", "30",
-            "--backlog", "2048",
-        ]  # fmt: skip
-        if preload:
-            command.append("--preload")
-        if sdk == "klime_mp" and importlib.util.find_spec("klime_mp.gunicorn_conf"):
-            # klime_mp's documented deployment: its hooks flush each worker at exit.
-            command += ["-c", "python:klime_mp.gunicorn_conf"]
-        command.append("bench.wsgi_app:app")
-        environment = {**os.environ, "BENCH_SDK": sdk, "BENCH_URL": url, **(env or {})}
-        self._proc = subprocess.Popen(command, cwd=ROOT, env=environment)
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited at start:\n{self.log()}")
-            try:
-                if get(self.url, "/health")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"gunicorn did not answer in {READY_TIMEOUT_S} s:\n{self.log()}")
-
-    def stop(self) -> float:
-        """Graceful stop (SIGTERM, as a deploy does); returns how long it took."""
-        started = time.monotonic()
-        if self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        self._log.close()
-        return time.monotonic() - started
-
-    def log(self) -> str:
-        return Path(self._log.name).read_text(errors="replace")[-4000:]
-
-
-def get(base: str, path: str) -> tuple[int, bytes]:
-    url = urlsplit(base)
-    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=10)
+def get(port: int, path: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         conn.request("GET", path)
         reply = conn.getresponse()
@@ -101,86 +42,143 @@ def get(base: str, path: str) -> tuple[int, bytes]:
         conn.close()
 
 
+def _start(app: str, url: str, workers: int, log: str) -> tuple[int, subprocess.Popen[bytes]]:
+    port = free_port()
+    command = [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{port}"]
+    command += ["--error-logfile", log, "--backlog", "2048"]
+    if app == "klime_mp" and importlib.util.find_spec("klime_mp.gunicorn_conf"):
+        command += ["-c", "python:klime_mp.gunicorn_conf"]  # its documented deployment
+    env = {**os.environ, "BENCH_SDK": app, "BENCH_URL": url}
+    return port, subprocess.Popen([*command, "bench.wsgi_app:app"], cwd=ROOT, env=env)
+
+
+def _up_or_gone(port: int, proc: subprocess.Popen[bytes]) -> bool:
+    with contextlib.suppress(OSError):
+        return get(port, "/health")[0] == 200
+    return proc.poll() is not None
+
+
 @contextlib.contextmanager
-def running(names: list[str], sink_url: str, workers: int) -> Iterator[list[Gunicorn]]:
-    """One gunicorn per app (``none``: no SDK), all ready, all stopped afterwards."""
-    servers: list[Gunicorn] = []
-    try:
-        servers.extend(Gunicorn(name, sink_url, workers) for name in names)
-        for server in servers:
-            server.wait_ready()
-        yield servers
-    finally:
-        for server in servers:
-            server.stop()
+def serving(apps: list[str], url: str, workers: int) -> Iterator[list[int]]:
+    """One gunicorn per app, all answering; each gets SIGTERM (as a deploy) at the end."""
+    with tempfile.TemporaryDirectory(prefix="bench-gunicorn-") as logs:
+        servers = [_start(app, url, workers, f"{logs}/{app}.log") for app in apps]
+        try:
+            for app, (port, proc) in zip(apps, servers):
+                if not wait_until(functools.partial(_up_or_gone, port, proc), 30):
+                    raise RuntimeError(f"gunicorn for {app} did not answer in 30 s")
+                if proc.poll() is not None:
+                    raise RuntimeError(Path(f"{logs}/{app}.log").read_text()[-2000:])
+            yield [port for port, _ in servers]
+        finally:
+            for _, proc in servers:
+                proc.send_signal(signal.SIGTERM)
+            for _, proc in servers:
+                try:
+                    proc.wait(40)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
 
 
-def cpu_run(names: list[str], sink: SinkProcess, plan: Plan) -> dict[str, dict[str, Any]]:
-    """Part 0: each app's worker CPU per request over ``plan.cpu_requests``.
+def _sender(ports: list[int], per_slice: int, slices: int, barrier: Any, out: Any) -> None:
+    """One load process: per slice, per app (order rotating), its share of requests,
+    timed from connect to the last byte (a sync worker closes every connection)."""
+    samples = [array("q") for _ in ports]
+    walls = [0] * len(ports)
+    for slice_no in range(slices):
+        for step in range(len(ports)):
+            app = (step + slice_no) % len(ports)
+            barrier.wait()
+            began = time.monotonic_ns()
+            for _ in range(per_slice):
+                start = time.perf_counter_ns()
+                try:
+                    ok = get(ports[app], "/")[0] == 200
+                except OSError:
+                    ok = False
+                samples[app].append(time.perf_counter_ns() - start if ok else -1)
+            barrier.wait()  # the slice ends when the slowest process is done
+            walls[app] += time.monotonic_ns() - began
+    out.put(([s.tobytes() for s in samples], walls))
 
-    One sync worker per app (``-w 1``, so every request lands in the process measured).
-    The worker's process CPU time (all its threads: the request, the ``track()`` call
-    and the SDK's sender) is read through ``GET /cpu`` before and after the load, and
-    the read after waits until the sink has every event the load tracked, so the
-    sending is paid for inside the window. All apps run at once and take the load in
-    turns (``plan.slices`` slices each), so a burst of noise lands on every app alike.
-    Every SDK runs as an operator would run it: its own batch size and flush interval."""
-    with running(names, sink.url, 1) as servers:
-        targets = [f"{server.url}/" for server in servers]
-        run_python(targets, plan.cpu_warmup, plan.cpu_concurrency, 1)
-        sink.wait_quiet(0.6, 10.0)  # the warm-up's events are out of the window
-        sink.reset()
-        before = [int(get(server.url, "/cpu")[1]) for server in servers]
-        loads = run_python(targets, plan.cpu_requests, plan.cpu_concurrency, plan.slices)
-        served = [load["requests"] - load["errors"] for load in loads]
-        tracked = sum(n for name, n in zip(names, served) if name not in BASELINES)
-        sink.wait_events(tracked, DELIVERY_TIMEOUT_S, poll=0.05)
-        after = [int(get(server.url, "/cpu")[1]) for server in servers]
-        delivered = sink.stats()["events"]
+
+def load(ports: list[int], requests: int, concurrency: int, slices: int) -> Figures:
+    """About ``requests`` to each port; req/s is requests over the app's summed slices.
+    Forked processes (this one has no threads), so the generator's own GIL does not add
+    to the latencies it reports."""
+    ctx = multiprocessing.get_context("fork")
+    out, barrier = ctx.Queue(), ctx.Barrier(concurrency)
+    per_slice = max(requests // (slices * concurrency), 1)
+    args = (ports, per_slice, slices, barrier, out)
+    procs = [ctx.Process(target=_sender, args=args) for _ in range(concurrency)]
+    for proc in procs:
+        proc.start()
+    results = [out.get(timeout=900) for _ in procs]
+    for proc in procs:
+        proc.join()
+    figures = []
+    for app in range(len(ports)):
+        merged = array("q")
+        for samples, _ in results:
+            merged.frombytes(samples[app])
+        times = sorted(t for t in merged if t >= 0)
+        seconds = results[0][1][app] / 1e9
+        figures.append(
+            {
+                "requests": len(times),
+                "errors": len(merged) - len(times),
+                "rps": len(times) / seconds,
+                "p50_ms": times[len(times) // 2] / 1e6 if times else None,
+                "p99_ms": times[int(len(times) * 0.99)] / 1e6 if times else None,
+            }
+        )
+    return dict(zip(map(str, ports), figures))
+
+
+def cpu(apps: list[str], sink: Sink, requests: int, slices: int) -> Figures:
+    """CPU per event: each app's worker CPU per request, the no-SDK app's subtracted.
+
+    One sync worker per app (``-w 1``: every request lands in the process measured),
+    read through ``GET /cpu`` (``time.process_time_ns``: the request and the SDK's
+    sender thread alike) before the load and again once the sink has every event the
+    load tracked, so the sending is paid inside the window. Each SDK keeps its own
+    defaults (batch size, flush interval)."""
+
+    def tracked(figures: Figures) -> int:
+        counts = [f["requests"] for f in figures.values()]
+        return sum(n for app, n in zip(apps, counts) if app not in BASELINES)
+
+    with serving(apps, sink.url, 1) as ports:
+        expected = sink.stats()["received"] + tracked(load(ports, max(requests // 5, 20), 2, 1))
+        sink.wait_received(expected, 30.0)  # the warm-up's events are out of the window
+        before = [int(get(port, "/cpu")[1]) for port in ports]
+        figures = load(ports, requests, 2, slices)
+        delivered = sink.wait_received(expected + tracked(figures), 30.0) is not None
+        after = [int(get(port, "/cpu")[1]) for port in ports]
+    served = [f["requests"] for f in figures.values()]
+    per_request = {
+        app: (end - start) / 1000 / max(n, 1)
+        for app, n, start, end in zip(apps, served, before, after)
+    }
     return {
-        name: {
-            "requests": n,
-            "cpu_us_per_request": (end - start) / 1000 / max(n, 1),
-            "all_delivered": delivered >= tracked,
+        app: {
+            "us_per_event": us - per_request["none"],
+            "us_per_request": us,
+            "delivered": delivered,
         }
-        for name, n, start, end in zip(names, served, before, after)
+        for app, us in per_request.items()
     }
 
 
-def serve_load(names: list[str], sink_url: str, plan: Plan) -> dict[str, dict[str, Any]]:
-    """Part 3: one gunicorn per SDK (and one without), all running, loaded in turn.
-
-    Only one app is under load at any moment; the others sit idle (their SDK threads
-    asleep); the apps take turns in short slices (see ``bench.loadgen``)."""
-    with running(names, sink_url, plan.gunicorn_workers) as servers:
-        targets = [f"{server.url}/" for server in servers]
-        run_python(targets, plan.warmup_requests, plan.concurrency, 1)
-        loads = run_python(targets, plan.requests, plan.concurrency, plan.slices)
-    keys = ("rps", "p50_ms", "p99_ms", "requests", "errors")
-    return {name: {key: load[key] for key in keys} for name, load in zip(names, loads)}
-
-
-def preload_fork(sdk: str, url: str, control: str | None, plan: Plan) -> dict[str, Any]:
-    """Part 4, gunicorn --preload: the master tracks events before forking its workers;
-    each request then tracks one. The first requests carry markers and, as the fork
-    children do, the run waits up to ``plan.wait_s`` for them to arrive before sending
-    the rest and stopping the server. Returns what the run should have delivered."""
-    env = {"BENCH_PARENT_EVENTS": str(plan.parent_events), "BENCH_FLUSH_S": str(plan.fork_flush_s)}
-    server = Gunicorn(sdk, url, plan.fork_workers, preload=True, env=env)
-    try:
-        server.wait_ready()
-        sink = SinkClient(control) if control else None  # None: nothing to wait on
-        starts: dict[str, int] = {}
-        expected = [f"p-{i}" for i in range(plan.parent_events)]
-        for k in range(plan.preload_requests):
-            eid = f"r{k}-0"
-            marker = f"&marker=r{k}" if k < plan.fork_workers else ""
-            if marker:
-                starts[f"r{k}"] = time.monotonic_ns()
-            if get(server.url, f"/track?eid={eid}{marker}")[0] == 200:
-                expected.append(eid)
-            if sink is not None and k == plan.fork_workers - 1:
-                wait_until(lambda: starts.keys() <= sink.markers().keys(), plan.wait_s, poll=0.02)
-    finally:
-        stop_s = server.stop()
-    return {"starts_ns": starts, "expected": expected, "stop_s": stop_s}
+def latency(apps: list[str], sink: Sink, requests: int, slices: int, workers: int) -> Figures:
+    """Request rate and latency, 4 load processes, and the median against the no-SDK
+    app's and the encode-only app's of the same run."""
+    with serving(apps, sink.url, workers) as ports:
+        load(ports, max(requests // 8, 20), 4, 1)  # warm-up
+        by_port = load(ports, requests, 4, slices)
+    figures = {app: by_port[str(port)] for app, port in zip(apps, ports)}
+    for f in figures.values():
+        for base in BASELINES:
+            f[f"p50_vs_{base}"] = f["p50_ms"] / figures[base]["p50_ms"]
+    return figures

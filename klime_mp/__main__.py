@@ -9,8 +9,9 @@ from klime_mp._version import __version__
 
 DESCRIPTION = """\
 klime_mp command-line tools: a local Klime-compatible collector to send events to
-during development and tests, a demo that shows every event arriving exactly once
-from a server with forked workers, and an importer for files of past events.
+during development and tests; a demo that shows every event arriving exactly once
+from a real server's workers (Gunicorn, uWSGI, uvicorn or a Celery worker); the
+spool directory's status and drain; and an importer for files of past events.
 
 Run 'klime-mp COMMAND --help' for a command's options."""
 
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     demo_parser = commands.add_parser(
         "demo",
-        help="serve an example app under Gunicorn or uWSGI and count what arrives",
+        help="serve an example app under Gunicorn, uWSGI, uvicorn or Celery and count what arrives",
         description=demo.DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -48,7 +49,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from klime_mp.cli import spool as spool_cli
 
-    spool_parser = commands.add_parser("spool", help="look into a spool directory (spool_dir)")
+    spool_parser = commands.add_parser(
+        "spool",
+        help="what waits in a spool directory (status), and send what dead processes left (drain)",
+        description="Look after a spool directory (spool_dir / KLIME_SPOOL_DIR): what"
+        " waits there per app, and sending what dead processes left behind.",
+    )
     spool_cli.add_arguments(spool_parser)
 
     from klime_mp.cli import import_events as import_cli

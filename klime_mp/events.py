@@ -22,9 +22,9 @@ from typing import Any, Callable, Union
 from klime_mp._version import __version__
 from klime_mp.errors import EventTooLargeError
 from klime_mp.message_ids import new_message_id
+from klime_mp.wire import MAX_EVENT_BYTES
 
 LIBRARY_NAME = "klime_mp"
-MAX_EVENT_BYTES = 200 * 1024
 MAX_DEPTH = 64  # deeper than any sane property tree; stops runaway recursion early
 
 Id = Union[str, int]
@@ -431,6 +431,8 @@ def _find_in_container(value: Any, path: str, depth: int, seen: set[int]) -> Exc
                 if not isinstance(key, (str, int, float, bool)) and key is not None:
                     return TypeError(f"{path} has a key of type {type(key).__name__}")
                 problem = _check_text(key, path) if isinstance(key, str) else None
+                if isinstance(key, float) and not math.isfinite(key):
+                    problem = ValueError(f"{path} has a key {key}: not valid JSON")
                 problem = problem or _find_problem(item, f"{path}.{key}", depth + 1, seen)
                 if problem is not None:
                     return problem

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
+from klime_mp.wire import BATCH_PATH, MAX_BATCH_SIZE
+
 # Official SDK defaults (klime 1.1.0); milliseconds where the official API uses them.
 DEFAULT_ENDPOINT = "https://i.klime.com"
 DEFAULT_FLUSH_INTERVAL_MS = 2000
@@ -29,8 +31,6 @@ DEFAULT_SHUTDOWN_TIMEOUT_S = 5.0
 DEFAULT_SPOOL_MAX_BYTES = 256 * 1024 * 1024
 MIN_SPOOL_MAX_BYTES = 1024 * 1024
 
-# Protocol limits.
-MAX_BATCH_SIZE = 100
 # Not the official 20: the API's limit. An event waits at most flush_interval either
 # way, and a POST costs the app about 1 ms of CPU in a worker that idles between
 # requests (bench, Gunicorn sync worker): 100 events share it instead of 20.
@@ -39,7 +39,6 @@ DEFAULT_FLUSH_TIMEOUT_S = 10.0  # flush() and a process-wide flush given no time
 # The per-request flushes (WSGI and ASGI middleware, uWSGI without threads): short,
 # because a request's worker waits for it; what is not sent by then stays queued.
 REQUEST_FLUSH_TIMEOUT_S = 5.0
-BATCH_PATH = "/v1/batch"  # what requests go to, under the endpoint
 
 # Events waiting this long with no batch delivered get one warning (per stall).
 DEFAULT_STALL_WARNING_S = 300.0

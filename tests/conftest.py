@@ -61,7 +61,7 @@ class CollectorProcess:
                 after = reply.headers[NEXT_AFTER_HEADER]
             if not page:
                 return found
-            found.extend(page)
+            found.extend(record["event"] for record in page)
 
     def wait_for(self, count: int, timeout: float = 20.0) -> bool:
         deadline = time.monotonic() + timeout

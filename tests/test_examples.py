@@ -1,10 +1,13 @@
-"""The examples run as documented: the quick start, and the Django and Flask apps under
-real Gunicorn with several workers, each event counted at a real collector."""
+"""The examples run as documented: the quick start, the Django and Flask apps under
+real Gunicorn with several workers, and the Celery app under a real prefork worker with
+redis-server as broker, each event counted at a real collector."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -133,3 +136,79 @@ def test_framework_example_delivers_every_event_once(
     assert {(event["userId"], event["groupId"]) for event in reports} == {
         (f"usr_{user}", f"org_{user % 2}") for user in range(USERS)
     }
+
+
+@pytest.mark.server
+def test_celery_example_delivers_every_event_once(
+    collector_process: CollectorProcess, tmp_path: Path
+) -> None:
+    pytest.importorskip("celery")
+    pytest.importorskip("redis")
+    from tests.test_celery import REDIS, RedisServer
+
+    if REDIS is None:
+        pytest.skip("redis-server is not installed")
+    redis = RedisServer(tmp_path)
+    env = {
+        **os.environ,
+        "KLIME_WRITE_KEY": "dev",
+        "KLIME_ENDPOINT": collector_process.url,
+        "CELERY_BROKER_URL": redis.url,
+        "PYTHONPATH": str(ROOT),
+    }
+    log = tmp_path / "celery.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-P", "prefork",
+             "-c", "2", "--max-tasks-per-child", "5", "--without-gossip", "--without-mingle",
+             "--without-heartbeat", "-n", f"example-{os.getpid()}@%h"],
+            cwd=EXAMPLES / "celery_app", env=env, stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+    try:
+        sent = subprocess.run(
+            [sys.executable, "send_tasks.py", "--users", "4", "--reports", "3"],
+            cwd=EXAMPLES / "celery_app", env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert sent.returncode == 0, sent.stderr + log.read_text(errors="replace")[-3000:]
+        worker.send_signal(signal.SIGTERM)  # a warm shutdown: children leave via os._exit
+        assert worker.wait(60) == 0, log.read_text(errors="replace")[-3000:]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(10)
+        redis.stop()
+
+    # 4 users x 5 tasks, recycled every 5 tasks: at least 4 pool processes came and went.
+    assert "ran 20 tasks tracking 28 events" in sent.stdout
+    assert collector_process.wait_for(28, timeout=20), collector_process.stats()
+    stats = collector_process.stats()
+    assert (stats["stored"], stats["duplicates"]) == (28, 0)
+    kinds = Counter(event.get("event", event["type"]) for event in collector_process.events())
+    assert kinds == {
+        "identify": 4,
+        "Signed In": 4,
+        "group": 4,
+        "Organization Joined": 4,
+        "Report Exported": 12,
+    }
+
+
+def test_every_example_says_how_to_install_from_a_checkout_or_a_wheel() -> None:
+    readmes = sorted(EXAMPLES.glob("*/README.md"))
+    assert [path.parent.name for path in readmes] == [
+        "celery_app", "django_app", "fastapi_app", "flask_app", "gunicorn_app",
+    ]  # fmt: skip
+    for path in readmes:
+        text = path.read_text()
+        assert "pip install -e ." in text and "pip install dist/klime_mp-*.whl" in text, path
+        assert "pip install klime_mp " not in text, path  # not on an index: it fails
+
+
+def test_the_readme_links_every_example_and_its_guide_page() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for example in ("celery_app", "django_app", "fastapi_app", "flask_app", "gunicorn_app"):
+        assert f"(examples/{example}/README.md)" in readme, example
+    for page in ("gunicorn", "uwsgi", "fastapi", "celery", "django", "flask"):
+        assert f"(docs/{page}.md)" in readme and (ROOT / "docs" / f"{page}.md").is_file(), page
+    assert len(readme.splitlines()) <= 300

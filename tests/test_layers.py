@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "klime_mp"
 
 # Lowest first. A folder stands for every module in it; a top-level module for itself.
 LAYERS: list[set[str]] = [
-    {"_version", "errors", "options", "timestamps", "message_ids", "responses", "events"},
+    {"_version", "errors", "wire", "options", "timestamps", "message_ids", "responses", "events"},
     {"spool", "lifecycle", "collector"},  # storage, the fork registry, the local server
     {"delivery"},  # the per-process sender
     {"metrics"},  # OpenTelemetry instruments read from the delivery layer's counts

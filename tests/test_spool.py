@@ -739,8 +739,8 @@ def test_status_command_prints_a_table_and_json(app: Path, tmp_path: Path) -> No
     table = subprocess.run([*command, str(root)], capture_output=True, text=True, timeout=60)
     assert table.returncode == 0, table.stderr
     header, row = table.stdout.splitlines()[:2]
-    assert header.split()[:3] == ["APP", "SEGMENTS", "PENDING"]
-    assert row.split()[:3] == [app.name, "1", "30"]
+    assert header.split()[:4] == ["APP", "ENDPOINT", "SEGMENTS", "PENDING"]
+    assert row.split()[:4] == [app.name, "?", "1", "30"]  # no endpoint file: made by 0.1.0
     raw = subprocess.run([*command, "--json", str(root)], capture_output=True, timeout=60)
     (entry,) = json.loads(raw.stdout)
     assert (entry["app"], entry["pending"], entry["orphans"], entry["live"]) == (
@@ -777,3 +777,38 @@ def test_a_claimer_counts_what_the_dead_writer_had_taken_for_sending(tmp_path: P
     assert orphan.resent == 20
     orphan.acknowledge(90)
     orphan.release()
+
+
+def test_size_limit_counts_only_undelivered_bytes(
+    app: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spool, "SEGMENT_BYTES", 64 * 1024)
+    monkeypatch.setattr(spool, "ROLL_ACKED_BYTES", 1 << 20)  # delivered bytes stay on disk
+    monkeypatch.setattr(spool, "CHECK_EVERY_BYTES", 4 * 1024)
+    orphaned = [record(100_000 + i, 100) for i in range(100)]  # ~12 KiB, undelivered
+    leave_orphan(app, orphaned)
+    lost: list[bytes] = []
+    log = open_log(app, max_bytes=24 * 1024, lost=lost)
+    for index in range(1000):  # ~30 KiB written, all of it delivered as it goes
+        log.append(record(index))
+        if index % 10 == 9:
+            log.acknowledge(len(log.take(10, 1 << 20)))
+    assert sum(path.stat().st_size for path in segments(app)) > 40 * 1024
+    assert lost == []  # 12 KiB undelivered is under the limit: the orphan stays whole
+    log.close()
+    orphan = spool.claim_orphan(app)
+    assert orphan is not None and read_all(orphan) == orphaned
+    orphan.release()
+
+
+def test_a_delivered_segment_leaves_the_disk_at_its_acknowledgement(app: Path) -> None:
+    log = open_log(app)
+    count = 700  # 100-byte records: more than ROLL_ACKED_BYTES (64 KiB) on disk
+    for index in range(count):
+        log.append(record(index, 100))
+    assert read_all(log, batch=100) == [record(i, 100) for i in range(count)]
+    on_disk = sum(path.stat().st_size for path in segments(app))
+    assert on_disk < spool.ROLL_ACKED_BYTES  # the acknowledged segment was rolled and freed
+    log.append(record(count))  # and the log goes on in the next segment
+    assert read_all(log) == [record(count)]
+    log.close()

@@ -5,6 +5,7 @@ process of the same app. Real processes, real SIGKILL, a real collector process.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -284,7 +285,7 @@ def test_a_forked_child_writes_its_own_log_and_the_parent_keeps_its_own(
             os.kill(os.getpid(), signal.SIGKILL)
     os.waitpid(pid, 0)
     client.track("Parent", user_id="u")
-    app = next(spool.iterdir())
+    app = next(path for path in spool.iterdir() if path.is_dir())  # not its .endpoint note
     ledgers = list(app.glob("*.ledger"))  # one per log, i.e. per writing process
     assert len(ledgers) == 2  # the child never appended to the parent's log
     client.shutdown()
@@ -360,3 +361,40 @@ def test_a_thirty_second_outage_at_40_events_a_second_loses_nothing_with_a_spool
     client.shutdown()
     assert client.stats().dropped == {} and errors == []
     assert collector.stats().stored == tracked
+
+
+def test_spool_drain_with_a_key_of_no_app_in_dir_fails_lists_the_apps_and_creates_nothing(
+    tmp_path: Path,
+) -> None:
+    spool = tmp_path / "spool"
+    endpoint = dead_endpoint()
+    run_tracker(tmp_path, endpoint, spool, 30, "kill")
+    before = sorted(path.name for path in spool.iterdir())
+    drain = [sys.executable, "-m", "klime_mp", "spool", "drain", str(spool)]
+    drain += ["--write-key", "another-key", "--endpoint", endpoint, "--timeout", "3"]
+    done = subprocess.run(drain, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    (app,) = [path.name for path in spool.iterdir() if path.is_dir()]
+    found = f"found app {app} ({endpoint}): 30 events pending, oldest "
+    assert found in done.stderr, done.stderr
+    assert sorted(path.name for path in spool.iterdir()) == before  # nothing created
+
+
+@pytest.mark.parametrize("status", [401, 403, 404, 405, 407])
+def test_an_answer_about_the_setup_keeps_the_spooled_events_and_says_so_once(
+    tmp_path: Path, collector: Collector, caplog: pytest.LogCaptureFixture, status: int
+) -> None:
+    collector.faults = FaultPlan(error_rate=1.0, status=status)  # a misrouted deploy
+    client = KlimeClient(KEY, collector.url, spool_dir=tmp_path / "spool", retry_initial_delay=50)
+    with caplog.at_level(logging.ERROR, logger="klime"):
+        for n in range(300):
+            client.track("Misrouted", {"n": n}, user_id="u")
+        assert client.flush(2) is False  # probed at least twice, kept
+    assert client.stats().dropped == {}
+    assert client.stats().queued == 300
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and f"HTTP {status}" in errors[0].getMessage(), errors
+    collector.faults = FaultPlan()  # fixed: the probes find out
+    assert collector.wait_for(300, timeout=40)
+    assert client.shutdown() is True
+    assert client.stats().dropped == {}

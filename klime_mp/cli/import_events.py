@@ -15,7 +15,8 @@ from typing import IO, Callable, TextIO
 
 from klime_mp.errors import HeaderError, ImportStopped
 from klime_mp.importer import engine as importer
-from klime_mp.options import MAX_BATCH_SIZE, Options, build_options
+from klime_mp.options import Options, build_options
+from klime_mp.wire import MAX_BATCH_SIZE
 
 DESCRIPTION = """\
 Send a file of past events to Klime: JSON Lines (one event per line, in the wire

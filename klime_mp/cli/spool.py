@@ -29,8 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def add_status(commands: SubParsers) -> None:
     status = commands.add_parser(
         "status",
-        help="per app: segments, events pending, bytes, oldest pending age, live, orphans",
-        description="What is waiting in a spool directory, per app directory (read-only).",
+        help="per app: its endpoint, segments, events pending, bytes, oldest, live, orphans",
+        description=(
+            "What is waiting in a spool directory, per app directory (read-only). An app"
+            " directory is named by a digest of endpoint and write key; ENDPOINT says where"
+            " its events go (the key is never written down; '?' for a directory that"
+            " klime_mp 0.1.0 made)."
+        ),
     )
     status.add_argument("directory", metavar="DIR", help="the spool directory (spool_dir)")
     status.add_argument("--json", action="store_true", help="one JSON list instead of a table")
@@ -45,7 +50,8 @@ def add_drain(commands: SubParsers) -> None:
             "Claim the logs that dead processes of one app (this write key and endpoint) "
             "left in DIR and send them, then exit: for a Kubernetes preStop hook, a cron "
             "job, or after an outage. Logs of live processes are theirs to send. Exit "
-            "status 0 when nothing of this app is left waiting, 1 otherwise."
+            "status 0 when nothing of this app is left waiting, 1 otherwise, 2 when DIR "
+            "holds no app of this key and endpoint (the apps found are listed)."
         ),
     )
     drain.add_argument("directory", metavar="DIR", help="the spool directory (spool_dir)")
@@ -59,7 +65,7 @@ def add_drain(commands: SubParsers) -> None:
 
 SUBCOMMANDS: list[Callable[[SubParsers], None]] = [add_status, add_drain]
 
-COLUMNS = ("APP", "SEGMENTS", "PENDING", "BYTES", "OLDEST", "LIVE", "ORPHANS", "TORN")
+COLUMNS = ("APP", "ENDPOINT", "SEGMENTS", "PENDING", "BYTES", "OLDEST", "LIVE", "ORPHANS", "TORN")
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -83,7 +89,16 @@ def run_status(args: argparse.Namespace) -> int:
 
 def run_drain(args: argparse.Namespace) -> int:
     from klime_mp.client import KlimeClient  # the sender, only for this command
+    from klime_mp.options import build_options
 
+    try:
+        options = build_options(args.write_key, args.endpoint, spool_dir=args.directory)
+    except (TypeError, ValueError) as exc:
+        print(f"klime-mp spool drain: {exc}", file=sys.stderr)
+        return 2
+    app = spool.app_directory(args.directory, options.endpoint, options.write_key)
+    if not app.is_dir():  # a wrong key or endpoint: say so, and create nothing
+        return _no_such_app(args.directory, app.name)
     try:
         client = KlimeClient(
             args.write_key,
@@ -95,12 +110,34 @@ def run_drain(args: argparse.Namespace) -> int:
         print(f"klime-mp spool drain: {exc}", file=sys.stderr)
         return 2
     client.shutdown()  # with nothing of its own queued, shutdown sends the orphans
-    app = spool.app_directory(args.directory, client.options.endpoint, client.options.write_key)
     left = [state for state in spool.status(args.directory) if state.app == app.name]
     orphans = left[0].orphans if left else 0
     stats = client.stats()
     print(f"sent {stats.recovered} events left by dead processes; {orphans} logs still waiting")
     return 0 if orphans == 0 else 1
+
+
+def _no_such_app(directory: str, wanted: str) -> int:
+    print(
+        f"klime-mp spool drain: no app {wanted} in {directory} for this write key and "
+        "endpoint (check --write-key/--endpoint); nothing sent, nothing created",
+        file=sys.stderr,
+    )
+    try:
+        states = spool.status(directory)
+    except OSError as exc:
+        print(f"cannot read {directory}: {exc}", file=sys.stderr)
+        return 2
+    if not states:
+        print(f"no app directories in {directory}", file=sys.stderr)
+    for state in states:
+        oldest = "-" if state.oldest_pending_age is None else _age(state.oldest_pending_age)
+        where = f" ({state.endpoint})" if state.endpoint else ""
+        print(
+            f"found app {state.app}{where}: {state.pending} events pending, oldest {oldest}",
+            file=sys.stderr,
+        )
+    return 2
 
 
 def _as_json(state: spool.AppStatus) -> dict[str, Any]:
@@ -112,6 +149,7 @@ def _as_json(state: spool.AppStatus) -> dict[str, Any]:
 def _row(state: spool.AppStatus) -> tuple[str, ...]:
     return (
         state.app,
+        state.endpoint or "?",
         str(state.segments),
         str(state.pending),
         _size(state.bytes),

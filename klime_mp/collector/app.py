@@ -12,17 +12,17 @@ import json
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import parse_qs
 
 from . import faults
 from .faults import FaultDice, FaultPlan
+from .query import QueryError, parse_query
 from .stats import StatsRecorder
-from .store import EventStore, InsertResult
+from .store import EventStore, InsertResult, Run
 from .validation import BatchError, check_batch, parse_batch
 
-DEFAULT_PAGE = 100
-MAX_PAGE = 1000
+MAX_RUN_NAME = 200
 NEXT_AFTER_HEADER = "X-Klime-Next-After"
 # What a misconfigured proxy might send back: a 200 that is not the API's JSON.
 GARBAGE_BODY = b"<html><body>502 Bad Gateway (injected)</body></html>"
@@ -64,8 +64,11 @@ def bearer_token(header: str | None) -> bytes | None:
 class CollectorApp:
     """The collector's endpoints over a store, a stats recorder and a fault plan."""
 
-    def __init__(self, store: EventStore, write_keys: Iterable[str], plan: FaultPlan) -> None:
+    def __init__(
+        self, store: EventStore, write_keys: Iterable[str], plan: FaultPlan, sink: bool = False
+    ) -> None:
         self.store = store
+        self.sink = sink  # see Collector: bench mode, every POST counted, nothing stored
         self.stats = StatsRecorder()
         self.stopping = threading.Event()  # cuts injected delays short on stop()
         self._keys = tuple(key.encode("utf-8") for key in write_keys)
@@ -132,6 +135,15 @@ class CollectorApp:
             ]
         return dataclasses.replace(json_reply(200, payload), stored=len(checked.valid))
 
+    def count(self, body: bytes) -> None:
+        """Sink mode: count a batch already answered 200, in any SDK's shape; store nothing."""
+        try:
+            batch = json.loads(body).get("batch")
+        except (ValueError, AttributeError):  # not JSON, or JSON but not an object
+            batch = None
+        self.stats.request_answered(200)
+        self.stats.events_received(len(batch) if isinstance(batch, list) else 0, 0, 0)
+
     def unacknowledged(self, reply: Reply) -> None:
         """The client left before ``reply`` could reach it (it timed out): what the
         reply acknowledged will come again, as from a dropped connection."""
@@ -165,17 +177,52 @@ class CollectorApp:
         return json_reply(200, self.stats.snapshot(self.store.count).to_json())
 
     def events_reply(self, query: str) -> Reply:
-        """``GET /v1/events?limit=N&after=ROWID``: stored bodies, oldest first."""
+        """``GET /v1/events``: stored events with their id, run and receipt time,
+        oldest first, narrowed by the query's filters (see ``query.parse_query``)."""
         try:
-            params = parse_qs(query, strict_parsing=False)
-            limit = min(int(params.get("limit", [DEFAULT_PAGE])[-1]), MAX_PAGE)
-            after = int(params.get("after", [0])[-1])
-        except ValueError:
-            return error_reply(400, "limit and after must be integers")
-        if limit < 1 or after < 0:
-            return error_reply(400, "limit must be positive and after must not be negative")
-        rows = self.store.page(after, limit)
-        next_after = rows[-1][0] if rows else after
+            wanted = parse_query(query)
+        except QueryError as exc:
+            return error_reply(400, str(exc))
+        rows = self.store.page(wanted)
+        next_after = rows[-1].id if rows else wanted.after
         # The bodies are stored as compact JSON already: splice, do not re-encode.
-        body = ("[" + ",".join(text for _rowid, text in rows) + "]").encode("utf-8")
+        records = (
+            f'{{"id":{row.id},"run":{row.run},"received_at":"{utc(row.received_at)}",'
+            f'"event":{row.body}}}'
+            for row in rows
+        )
+        body = ("[" + ",".join(records) + "]").encode("utf-8")
         return Reply(200, body, ((NEXT_AFTER_HEADER, str(next_after)),))
+
+    def start_run(self, body: bytes) -> Reply:
+        """``POST /v1/runs`` with an optional ``{"name": ...}``: events stored from now
+        on carry the new run's number, so ``GET /v1/events?run=latest`` shows only them."""
+        name: Any = None
+        if body.strip():
+            try:
+                payload = json.loads(body)
+            except ValueError:
+                return error_reply(400, 'body must be JSON, such as {"name": "smoke test"}')
+            name = payload.get("name") if isinstance(payload, dict) else payload
+        if name is not None and not (isinstance(name, str) and 0 < len(name) <= MAX_RUN_NAME):
+            return error_reply(400, f"name must be a string of 1 to {MAX_RUN_NAME} characters")
+        return json_reply(201, run_json(self.store.start_run(name)))
+
+    def runs_reply(self) -> Reply:
+        """``GET /v1/runs``: every run started, oldest first, with its event count."""
+        return json_reply(200, [run_json(run) for run in self.store.runs()])
+
+
+def utc(seconds: float) -> str:
+    """An epoch time as UTC ISO 8601 with milliseconds and ``Z``, as events carry it."""
+    moment = datetime.fromtimestamp(seconds, timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def run_json(run: Run) -> dict[str, Any]:
+    return {
+        "run": run.run,
+        "name": run.name,
+        "started_at": utc(run.started_at),
+        "events": run.events,
+    }

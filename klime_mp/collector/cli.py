@@ -24,11 +24,19 @@ it with KLIME_ENDPOINT=http://HOST:PORT. Received events are stored in SQLite,
 de-duplicated by messageId. Stop it with Ctrl-C or SIGTERM.
 
 Endpoints:
-  POST /v1/batch                      the Klime ingestion API (Bearer write key)
-  GET  /v1/stats                      counters: requests, connections, stored, duplicates
-  GET  /v1/events?limit=N&after=ROWID stored events, oldest first
+  POST /v1/batch    the Klime ingestion API (Bearer write key)
+  GET  /v1/stats    counters: requests, connections, stored, duplicates, rejected
+  GET  /v1/events   stored events, oldest first, each with its id, run and receipt
+                    time; filters: event, type, user_id, group_id, since, until
+                    (ISO 8601, on the event's timestamp), run (a number or latest);
+                    pages: limit (at most 1000) and after (the last id you have)
+  POST /v1/runs     start a new run, optionally {{"name": ...}}: events stored from
+                    now on carry its number (GET /v1/events?run=latest shows them)
+  GET  /v1/runs     every run, with its event count
 
-Without --db, events go to ./{DEFAULT_DB} (created if missing).
+Without --db, events go to ./{DEFAULT_DB} (created if missing), and
+stay there from one start to the next: --db :memory: keeps nothing, and a new run
+(POST /v1/runs) separates what comes next from what is already there.
 Fault rates are fractions from 0 to 1 (0.2 = one batch in five)."""
 
 
@@ -148,6 +156,14 @@ def run(args: argparse.Namespace) -> int:
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         print(f"klime collector listening on {collector.url}", flush=True)
+        earlier = collector.stats().stored
+        if earlier:
+            print(
+                f"klime collector: {args.db} already holds {earlier} events from earlier"
+                f" runs; POST {collector.url}/v1/runs to start a new run"
+                " (then GET /v1/events?run=latest), or use --db :memory:",
+                flush=True,
+            )
         stop.wait()
     finally:
         collector.stop()

@@ -18,13 +18,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
+from klime_mp.wire import BATCH_PATH, MAX_BODY_BYTES
+
 from .app import CollectorApp, Reply, error_reply, json_reply
 
 logger = logging.getLogger("klime_mp.collector")
 
-MAX_BODY_BYTES = 10 * 1024 * 1024
 IDLE_TIMEOUT_SECONDS = 30.0
-BATCH_PATH = "/v1/batch"
+SINK_REPLY = Reply(200, b"{}")
+RUNS_PATH = "/v1/runs"
+MAX_RUNS_BODY_BYTES = 4096
 
 
 class CollectorRequestHandler(BaseHTTPRequestHandler):
@@ -47,12 +50,17 @@ class CollectorRequestHandler(BaseHTTPRequestHandler):
             self._reply(app.stats_reply())
         elif url.path == "/v1/events":
             self._reply(app.events_reply(url.query))
+        elif url.path == RUNS_PATH:
+            self._reply(app.runs_reply())
         else:
             self._reply(error_reply(404, f"no such endpoint: GET {url.path}"))
 
     def do_POST(self) -> None:
         app = self.server.app
-        if urlsplit(self.path).path != BATCH_PATH:
+        if urlsplit(self.path).path == RUNS_PATH:
+            self._start_run()
+            return
+        if urlsplit(self.path).path != BATCH_PATH and not app.sink:
             # The body is left unread, so the connection cannot carry another request.
             self._reply(error_reply(404, "no such endpoint"), close=True)
             return
@@ -65,10 +73,26 @@ class CollectorRequestHandler(BaseHTTPRequestHandler):
         if len(body) < length:  # the client went away mid-body
             self.close_connection = True
             return
+        if app.sink:
+            # Answered before it is decoded: the client's next batch overlaps the count,
+            # so the sink's parsing does not lengthen every round trip it measures.
+            self._reply(SINK_REPLY)
+            app.count(body)
+            return
         reply = app.batch(self.headers.get("Authorization"), body)
         if reply.stored and self._peer_closed():
             app.unacknowledged(reply)
         self._reply(reply)
+
+    def _start_run(self) -> None:
+        # A bare "curl -X POST" sends no Content-Length: that is an empty body here.
+        declared = (self.headers.get("Content-Length") or "0").strip()
+        if self.headers.get("Transfer-Encoding") is not None or not (
+            declared.isascii() and declared.isdigit() and int(declared) <= MAX_RUNS_BODY_BYTES
+        ):
+            self._reply(error_reply(400, "send at most 4096 bytes with Content-Length"), close=True)
+            return
+        self._reply(self.server.app.start_run(self.rfile.read(int(declared))))
 
     def _peer_closed(self) -> bool:
         """True when the client has closed its end: it stopped waiting for our answer.

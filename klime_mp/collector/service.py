@@ -36,6 +36,10 @@ class Collector:
     OS picks a free port; read it back from ``port`` or ``url`` after ``start()``.
     ``down()`` and ``up()`` (or ``with collector.outage():``) take it away and bring it
     back on the same port with the same database, as a server restart would.
+
+    ``sink=True`` is the benchmark's mode: every POST, on any path and with any key (so
+    Segment's and PostHog's SDKs too), is answered ``200 {}`` at once and only its
+    events are counted (``stats().received``); nothing is validated or stored.
     """
 
     def __init__(
@@ -45,6 +49,7 @@ class Collector:
         db: str | os.PathLike[str] = ":memory:",
         write_keys: Iterable[str] = (),
         faults: FaultPlan | None = None,
+        sink: bool = False,
     ) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be between 0 and 65535, got {port!r}")
@@ -55,6 +60,7 @@ class Collector:
         self._db = db
         self._write_keys = tuple(write_keys)
         self._faults = faults if faults is not None else FaultPlan()
+        self._sink = sink
         self._lock = threading.Lock()
         self._app: CollectorApp | None = None
         self._server: CollectorHTTPServer | None = None
@@ -67,7 +73,7 @@ class Collector:
             if self._app is not None or self._stopped:
                 raise RuntimeError("a Collector can be started only once")
             store = EventStore(self._db)
-            app = CollectorApp(store, self._write_keys, self._faults)
+            app = CollectorApp(store, self._write_keys, self._faults, self._sink)
             try:
                 self._serve(app, bind_timeout=0.0)
             except BaseException:
@@ -207,6 +213,11 @@ class Collector:
         """Every stored event body, oldest first (only until stop())."""
         bodies = self._started_app().store.column("body")
         return [json.loads(body) for body in bodies]
+
+    def start_run(self, name: str | None = None) -> int:
+        """Begin a new run (as ``POST /v1/runs`` does) and return its number: events
+        stored from now on carry it, and ``GET /v1/events?run=latest`` shows only them."""
+        return self._started_app().store.start_run(name).run
 
     def message_ids(self) -> list[str]:
         """Every stored messageId, oldest first (only until stop())."""

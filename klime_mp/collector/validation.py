@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
+from klime_mp.wire import MAX_EVENT_BYTES
+
 MAX_BATCH_EVENTS = 100
-MAX_EVENT_BYTES = 200 * 1024
 EVENT_TYPES = frozenset({"track", "identify", "group"})
 
 # An ISO 8601 date and time; seconds, fraction and offset are optional. The
@@ -105,6 +106,30 @@ def is_timestamp(value: object) -> bool:
     except ValueError:  # month 13, February 30, hour 24 ...
         return False
     return True
+
+
+def instant(value: str) -> float | None:
+    """Seconds since the epoch of an ISO 8601 date-time (UTC when it names no
+    offset), or None when ``value`` is not one; for the collector's time filters."""
+    match = _TIMESTAMP.fullmatch(value)
+    if match is None or not is_timestamp(value):
+        return None
+    year, month, day, hour, minute, second, off_hours, off_minutes = match.groups()
+    fraction = re.search(r"[.,](\d+)", value[19:] if second else "")
+    moment = datetime(
+        int(year),
+        int(month),
+        int(day),
+        int(hour),
+        int(minute),
+        int(second or 0),
+        tzinfo=timezone.utc,
+    ).timestamp()
+    if fraction is not None:
+        moment += float("0." + fraction.group(1))
+    sign = -1 if "-" in value[16:] else 1
+    offset = int(off_hours or 0) * 3600 + int(off_minutes or 0) * 60
+    return moment - sign * offset
 
 
 def _identity_problem(event: dict[str, Any], kind: str) -> EventError | None:

@@ -26,6 +26,11 @@ MAX_BACKOFF_S = 16.0  # the official SDK's cap
 MAX_RETRY_AFTER_S = 60.0  # a server asking for longer is not obeyed beyond this
 # 407: the proxy refuses our credentials; resending them cannot help either.
 PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 405, 407, 410, 413, 414, 415, 422})
+# Answers about the request or the set-up (a wrong key, a misrouted deploy, a proxy path),
+# not about the events: with a spool the events wait on disk and the client probes with
+# its backoff until the set-up is fixed. Without one they are reported (see
+# docs/reliability.md, "Which answer drops what").
+SETUP_STATUSES = frozenset({401, 403, 404, 405, 407, 410, 414, 415})
 
 Deadline = Callable[[], Optional[float]]
 _HOUSEKEEPING_S = 1.0  # a backoff wait wakes this often for ``while_waiting``
@@ -85,6 +90,7 @@ class Deliverer:
         self._failures = 0  # consecutive failed attempts, whichever batch made them
         self._resume_at = 0.0  # monotonic time before which no attempt is made
         self._outage = outage  # logs an outage once, counts failed attempts as they fail
+        self._setup_status: int | None = None  # a set-up answer pausing delivery (spool)
 
     @property
     def in_outage(self) -> bool:
@@ -110,6 +116,7 @@ class Deliverer:
             delivery = self._judge(attempt, attempts - 1)
             if delivery is not None:
                 self._failures, self._resume_at = 0, 0.0
+                self._setup_status = None
                 return delivery
             self._failures += 1
             delay = self._delay(min(self._failures, 32), attempt.retry_after)
@@ -135,10 +142,26 @@ class Deliverer:
         """A final Delivery, or None when the attempt should be retried."""
         if attempt.status == 200:
             return Delivery(self._parse(attempt.content), None, retries)
+        if attempt.status in SETUP_STATUSES and self._durable:
+            self._pause_for_setup(attempt)
+            return None
         if attempt.status in PERMANENT_STATUSES:
             message = f"rejected with HTTP {attempt.status}: {_excerpt(attempt.content)}"
             return Delivery(None, DeliveryError(message, REJECTED, attempt.status), retries)
         return None
+
+    def _pause_for_setup(self, attempt: Attempt) -> None:
+        # One loud line per episode (a status that changes starts a new one), not one per
+        # probe: the events are safe on disk, the operator has a set-up to fix.
+        if attempt.status != self._setup_status:
+            self._setup_status = attempt.status
+            self._options.logger.error(
+                "Klime: the server answered HTTP %s (%s): an answer about the request or "
+                "the set-up (write key, endpoint, proxy), not the events. They stay in the "
+                "spool; delivery is paused and retried with backoff until it is fixed.",
+                attempt.status,
+                _excerpt(attempt.content),
+            )
 
     def _parse(self, content: bytes) -> BatchResponse:
         try:

@@ -14,16 +14,16 @@ from typing import Callable
 
 from klime_mp.delivery.accounting import Ledger
 from klime_mp.delivery.deliverer import REJECTED, Delivery
-from klime_mp.options import MAX_BATCH_SIZE, Options
+from klime_mp.options import Options
 from klime_mp.spool import log as spool
+from klime_mp.wire import BATCH_BYTES, MAX_BATCH_SIZE
 
 # How often a live sender looks for logs of dead processes: a SIGKILLed sibling's
 # events go out within seconds, not at the next start.
 SCAN_INTERVAL_S = 2.0
-# Loss reasons of the spool (keys of ``Stats.dropped``).
-SPOOL_FULL = "spool_full"  # the size limit dropped the oldest events
+# Loss reasons of the spool (keys of ``Stats.dropped``); the size limit's is the
+# storage's own (``spool.SPOOL_FULL``), reported through its on_loss callback.
 TORN = "spool_torn"  # a record cut short by a kill mid-write, or corrupted on disk
-_BATCH_BYTES = 10 * 1024 * 1024 - len(b'{"batch":[]}')
 
 _logger = logging.getLogger(__name__)
 
@@ -34,7 +34,10 @@ Settle = Callable[[list[bytes], Delivery], None]
 class Spool:
     """This process's log, read as a batch source by the sender, plus recovery."""
 
-    def __init__(self, log: spool.EventLog, app_dir: Path, ledger: Ledger) -> None:
+    def __init__(self, log: spool.EventLog | None, app_dir: Path, ledger: Ledger) -> None:
+        # None: this process could not create its own log (a full or read-only disk). It
+        # still recovers what dead processes left: that needs no free space, and it is what
+        # frees the disk.
         self._log = log
         self._app_dir = app_dir
         self._ledger = ledger
@@ -53,6 +56,7 @@ class Spool:
             for record in records:  # reported by the sender, not on the caller's thread
                 ledger.park(reason, record)
 
+        log: spool.EventLog | None = None
         try:
             log = spool.EventLog.open(app_dir, max_bytes=options.spool_max_bytes, on_loss=lost)
         except spool.SpoolUnavailable as exc:
@@ -61,7 +65,8 @@ class Spool:
                 options.spool_dir,
                 exc,
             )
-            return None
+        if log is not None:  # a disk that takes no log takes no note either
+            spool.remember_endpoint(app_dir, options.endpoint)  # for `klime-mp spool status`
         return cls(log, app_dir, ledger)
 
     # -- the caller's side (under the worker's lock) -------------------------------------
@@ -69,10 +74,11 @@ class Spool:
     def append(self, data: bytes) -> bool:
         """Write one event; False when the disk failed it (the caller keeps it in
         memory instead). Never raises: an unusable disk never fails ``track()``."""
-        if self._failed:
+        log = self._log
+        if self._failed or log is None:
             return False
         try:
-            self._log.append(data)
+            log.append(data)
         except OSError as exc:
             self._failed = True
             _logger.warning("Klime: the spool failed a write (%s); keeping events in memory", exc)
@@ -82,23 +88,27 @@ class Spool:
     # -- a batch source (under the worker's lock) ---------------------------------------
 
     def take(self, max_events: int, max_bytes: int) -> list[bytes]:
+        if self._log is None:
+            return []
         batch = self._log.take(max_events, max_bytes)
         self._taken += len(batch)
         return batch
 
     def acknowledge(self, count: int) -> None:
-        self._log.acknowledge(count)
-        self._taken -= count
+        if self._log is not None:
+            self._log.acknowledge(count)
+            self._taken -= count
 
     def rewind(self) -> None:
-        self._log.rewind()
+        if self._log is not None:
+            self._log.rewind()
         self._taken = 0
 
     def pending(self) -> int:
-        return self._log.pending()
+        return 0 if self._log is None else self._log.pending()
 
     def waiting(self) -> int:
-        return self._log.pending() - self._taken
+        return 0 if self._log is None else self._log.pending() - self._taken
 
     # -- recovery (the sender, holding its send lock) ------------------------------------
 
@@ -123,7 +133,7 @@ class Spool:
 
     def _send_orphan(self, orphan: spool.Orphan, post: Post, settle: Settle) -> bool:
         while True:
-            batch = orphan.take(MAX_BATCH_SIZE, _BATCH_BYTES)
+            batch = orphan.take(MAX_BATCH_SIZE, BATCH_BYTES)
             if not batch:
                 return True
             delivery = post(batch)
@@ -137,7 +147,9 @@ class Spool:
             settle(batch, delivery)
 
     def close(self) -> None:
-        self._log.close()
+        if self._log is not None:
+            self._log.close()
 
     def abandon(self) -> None:
-        self._log.abandon()
+        if self._log is not None:
+            self._log.abandon()

@@ -12,14 +12,8 @@ bundle and proxy the environment names (read once per transport: ``requests`` sc
 the environment on every request), the request built once, a free resend when a
 reused connection turns out stale, and error texts without credentials.
 
-CPU per POST (a 20-event batch on one kept-alive loopback connection, process CPU,
-median of 7 alternating rounds of 2,000 POSTs; two runs each on a 2-core box at load
-average 12 to 18, so noisy): the previous ``http.client`` transport 79 to 107 µs, this
-one 170 to 214 µs on urllib3 2.8 and 194 to 220 µs on 1.26.20 (the old one 98 µs in
-those runs). About +90 to +120 µs, 5 µs per event at 20 events per POST, 1 µs at 100;
-a bare ``HTTPConnectionPool.urlopen`` costs the same (``bench/transport_cpu.py``): the
-difference is urllib3's, which among other things writes headers and body in two
-``send`` calls where ``http.client`` made one.
+What urllib3 costs per POST against ``http.client`` is measured in
+docs/performance.md (``bench/transport_cpu.py``).
 """
 
 from __future__ import annotations
@@ -43,7 +37,8 @@ from urllib3.util.ssl_ import create_urllib3_context
 
 from klime_mp._version import __version__
 from klime_mp.delivery.failures import READ_TIMEOUT, address_of, chain_of, kind_of, plain
-from klime_mp.options import BATCH_PATH, Options
+from klime_mp.options import Options
+from klime_mp.wire import BATCH_PATH
 
 # Why the idna import above: socket.getaddrinfo(), urllib3's host check and ssl's
 # server_hostname encode a host name with the "idna" codec, imported on first use. A

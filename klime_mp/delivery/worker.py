@@ -34,10 +34,8 @@ from klime_mp.delivery.transport import Transport
 from klime_mp.errors import DeliveryError, LossReport, SendError
 from klime_mp.options import DEFAULT_FLUSH_TIMEOUT_S, Options
 from klime_mp.responses import BatchResponse
+from klime_mp.wire import BATCH_BYTES, batch_body
 
-MAX_BODY_BYTES = 10 * 1024 * 1024
-_BODY_OVERHEAD = len(b'{"batch":[]}')
-BATCH_BYTES = MAX_BODY_BYTES - _BODY_OVERHEAD
 # flush() without a timeout waits at most this long: an outage cannot hold a caller
 # (PostHog bounds its flush the same way). The events stay queued either way.
 
@@ -332,7 +330,7 @@ class Worker(Ending):
     def _post(self, batch: list[bytes], deadline: float | None = None) -> Delivery:
         """Send one batch, retrying until ``deadline`` (a flush's, when it sends from
         the caller's thread) or shutdown's. Caller holds _send_lock."""
-        body = b'{"batch":[' + b",".join(batch) + b"]}"
+        body = batch_body(batch)
         try:
             limit = functools.partial(self._nearer_deadline, deadline)
             return self._deliverer.send(body, limit, len(batch))

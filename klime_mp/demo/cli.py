@@ -22,9 +22,14 @@ from .server import HOST, WRITE_KEY, DemoError, server_env
 MAX_REQUESTS = 100_000
 DESCRIPTION = """\
 Start a local collector (loopback, a free port, a temporary SQLite file), serve an
-instrumented example app under a real server with several forked workers, send it a
-session mix of requests (sign in, join an organisation, create reports), stop the
-server gracefully, and report the events delivered, lost and duplicated, per worker.
+instrumented example app under a real server with several workers, send it a session
+mix of requests (sign in, join an organisation, create reports), stop the server
+gracefully, and report the events delivered, lost and duplicated, per worker.
+
+Servers: gunicorn (the default: 4 forked sync workers, --preload), uwsgi (master and
+forked workers; needs uWSGI), uvicorn (--workers N, the app's ASGI version; needs
+uvicorn), celery (a prefork worker recycled every 10 tasks, Redis as broker, behind
+a small HTTP front; needs redis-server and celery[redis]).
 
 Exit status: 0 when every event arrived exactly once, 1 when an event was lost or
 duplicated or a request failed, 2 when the demo could not run (a server missing)."""

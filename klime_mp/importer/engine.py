@@ -28,10 +28,10 @@ from typing import IO, Callable
 
 from klime_mp.delivery.deliverer import REJECTED, Deliverer
 from klime_mp.delivery.transport import Transport
-from klime_mp.delivery.worker import BATCH_BYTES
 from klime_mp.errors import DeliveryError, ImportStopped, LineError
 from klime_mp.importer.lines import Event, Parsed, csv_rows, jsonl_fields, to_event
-from klime_mp.options import MAX_BATCH_SIZE, Options
+from klime_mp.options import Options
+from klime_mp.wire import BATCH_BYTES, MAX_BATCH_SIZE, batch_body
 
 # A refusal that every later batch would get too: stop instead of refusing them all.
 _FATAL_STATUSES = frozenset({401, 403, 404, 405, 407})
@@ -173,13 +173,13 @@ def _batches(path: str, batch_size: int) -> Iterator[tuple[list[int], bytes]]:
         for line in events:
             number, _, data = line.rstrip(b"\n").partition(b"\t")
             if chunk and (len(chunk) >= batch_size or size + len(data) + 1 > BATCH_BYTES):
-                yield numbers, b'{"batch":[' + b",".join(chunk) + b"]}"
+                yield numbers, batch_body(chunk)
                 numbers, chunk, size = [], [], 0
             numbers.append(int(number))
             chunk.append(data)
             size += len(data) + 1
     if chunk:
-        yield numbers, b'{"batch":[' + b",".join(chunk) + b"]}"
+        yield numbers, batch_body(chunk)
 
 
 def _deliver(

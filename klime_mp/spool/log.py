@@ -14,50 +14,42 @@ In it, every process that writes has one *log*, named ``<pid>-<8 random hex>``:
 
 Directories are 0700, files 0600. Anything else in the directory is skipped with one warning.
 
-Liveness: a log belongs to whoever holds a POSIX record lock (``lockf``) on its ledger. The
-writer takes it before the ledger appears under its final name (created under a temporary
-name, locked, renamed) and holds it for its whole life. The kernel releases it on *any*
-death (SIGKILL, OOM, ``os._exit``, a re-raised signal), and ``fork()`` does not pass it to a
-child, so a forked child never keeps a dead parent's log alive. A log whose lock can be
-taken is therefore an orphan, whatever its name says: this is why no PID and process start
-time are compared. A PID can be reused by an unrelated process; a lock cannot outlive its
-process. The PID in the name is only for people reading the directory. Not ``flock`` (nor
-Linux's open-file-description locks): those belong to the open file, which a forked child
-shares, so a child that outlived its parent would keep the parent's log looking alive.
-The directory must be on a local filesystem (network filesystems may not release a dead
-process's locks).
+Liveness: a log belongs to whoever holds a POSIX record lock (``lockf``) on its ledger,
+taken before the ledger appears under its final name (created under a temporary name,
+locked, renamed) and held for the writer's whole life. The kernel releases it on *any*
+death and ``fork()`` does not pass it to a child, so a log whose lock can be taken is an
+orphan, whatever its name says (the PID in it is for people; no PID is ever compared).
+Not ``flock``: that belongs to the open file, which a forked child shares. Local
+filesystems only (network filesystems may not release a dead process's locks).
 
-POSIX locks have two traps, both handled here: they belong to the process, so another
-thread's ``lockf`` on a file this process holds succeeds, and closing *any* descriptor of a
-locked file drops the lock. So this process never opens a file it holds a second time: a
-per-process registry of held ledgers (reset in a forked child) decides before any ``open``.
-After winning a lock, the claimer checks that the path still names the file it locked (the
-previous holder may have deleted it in between).
+POSIX locks belong to the process (another thread's ``lockf`` succeeds) and closing *any*
+descriptor of a locked file drops them, so this process never opens a file it holds a
+second time: a per-process registry of held ledgers (reset in a forked child) decides
+before any ``open``. A claimer checks that the path still names the file it locked.
 
-Durability: one ``write`` per event, no ``fsync``. The record is in the kernel's page cache
-when ``append`` returns, so it survives the death of the process. A power loss or kernel
-crash can lose what the kernel had not yet written back (Linux: up to about 30 s, the
-``vm.dirty_expire_centisecs`` default, plus the flusher interval); ``EventLog.sync()``
-forces it out at chosen points (e.g. in ``flush()``), at the price of a disk flush each time.
-A record torn by such a crash or by a kill mid-write is detected by its checksum, skipped and
-counted, and the records after it still read.
+Durability: one ``write`` per event, no ``fsync``: the record is in the page cache when
+``append`` returns, so it survives the death of the process, not a power loss
+(``EventLog.sync()`` forces it out at chosen points). A record torn by a crash or a kill
+mid-write fails its checksum: skipped, counted, and the records after it still read.
 
-Limits: ``max_bytes`` bounds the whole app directory, approximately (checked when a
-segment rolls and every ``CHECK_EVERY_BYTES`` written, not per event). Over it, the oldest
-segments go first: this process's own (never the one being written or one whose records are
-in flight), and orphans' (claimed first, so never a segment another live process holds),
-oldest modification time first. Their unacknowledged records are passed to ``on_loss``.
+Delivered records leave the disk: the segment being written is rolled as soon as all of it
+is acknowledged and it holds ``ROLL_ACKED_BYTES`` (or is ``ROLL_ACKED_AGE_S`` old), and an
+acknowledged segment is deleted. See docs/spool.md for what each edge does.
 
-Modules: the record and ledger formats are in ``spool_format``; naming, the registry,
-locking and reading in ``spool_files``; the in-memory copy of the newest records, which a
-sender keeping up takes instead of reading them back, in ``spool_unread``; ``status`` in
-``spool_status``.
+Limits: ``max_bytes`` bounds the undelivered bytes of the whole app directory,
+approximately (checked when a segment rolls and every ``CHECK_EVERY_BYTES`` written, not per
+event); over it the oldest segments go first (``spool.limit``), their records passed to
+``on_loss``.
+
+Modules: the record and ledger formats are in ``spool.format``; naming, the registry,
+locking and reading in ``spool.files``; dead processes' logs in ``spool.orphans``; the size
+limit in ``spool.limit``; the in-memory copy of the newest records, which a sender keeping
+up takes instead of reading them back, in ``spool.unread``; ``status`` in ``spool.status``.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import logging
 import os
@@ -68,30 +60,29 @@ from pathlib import Path
 
 from klime_mp.errors import SpoolUnavailable
 from klime_mp.spool import format as fmt
+from klime_mp.spool import limit
+from klime_mp.spool.create import (
+    create_ledger,
+    open_segment,
+    prepare_directory,
+)
 from klime_mp.spool.files import (
     EVERYTHING,
-    LEDGER_SUFFIX,
-    SEGMENT_NAME,
     SEQ_SHIFT,
-    FileInfo,
-    Listing,
     Log,
     PathLike,
     Segment,
     check_limit,
     ledger_path,
-    list_directory,
-    lock_existing,
     pack_position,
-    reserve,
-    segment_path,
     settle,
     unlink,
     unpack_position,
     warn_once,
 )
 from klime_mp.spool.format import START, Position
-from klime_mp.spool.status import AppStatus, app_directories, status
+from klime_mp.spool.orphans import Orphan, claim_orphan
+from klime_mp.spool.status import AppStatus, app_directories, remember_endpoint, status
 from klime_mp.spool.unread import Unread
 
 __all__ = [
@@ -107,6 +98,7 @@ __all__ = [
     "app_directories",
     "app_directory",
     "claim_orphan",
+    "remember_endpoint",
     "status",
 ]
 
@@ -119,10 +111,12 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 SEGMENT_BYTES = 4 * 1024 * 1024
 CHECK_EVERY_BYTES = 1024 * 1024
+# The segment being written is rolled once everything in it is acknowledged and it holds
+# this much (or is this old), so delivered records leave the disk: a sender that keeps up
+# holds at most about this much on disk, not a whole SEGMENT_BYTES of delivered records.
+ROLL_ACKED_BYTES = 64 * 1024
+ROLL_ACKED_AGE_S = 60.0
 SPOOL_FULL = "spool_full"  # the on_loss reason when the size limit drops records
-# A ledger still under its temporary name this long, or a segment without a ledger this old,
-# was left by a crash (younger ones may belong to a log being created right now).
-STALE_TEMP_S = 60.0
 
 LossCallback = Callable[[str, list[bytes]], None]
 
@@ -161,6 +155,7 @@ class EventLog(Log):
         self._settled_count = 0  # acknowledged or dropped by the size limit
         self._unchecked = 0  # bytes written since the size limit was last checked
         self._roll = False  # the active segment is full (or a failed write spoilt it)
+        self._active_since = time.monotonic()
         self._seen = START  # corrupt regions are counted once, on first read
         self._unread = Unread(pack_position(START))  # the newest records, for a sender keeping up
 
@@ -175,11 +170,11 @@ class EventLog(Log):
         check_limit("max_bytes", max_bytes)
         if not callable(on_loss):
             raise TypeError("on_loss must be callable")
-        directory = _prepare_directory(app_dir)
+        directory = prepare_directory(app_dir)
         for _ in range(3):  # a name collision is (very) unlikely; O_EXCL would catch it
             log_id = f"{os.getpid()}-{secrets.token_hex(4)}"
             try:
-                ledger_fd = _create_ledger(directory, log_id)
+                ledger_fd = create_ledger(directory, log_id)
             except FileExistsError:
                 continue
             except OSError as exc:
@@ -188,7 +183,7 @@ class EventLog(Log):
         else:
             raise SpoolUnavailable(f"cannot create a unique log name in {directory}")
         try:
-            first = _open_segment(directory, log_id, 1)
+            first = open_segment(directory, log_id, 1)
         except OSError as exc:
             unlink(ledger_path(directory, log_id))
             os.close(ledger_fd)
@@ -271,60 +266,61 @@ class EventLog(Log):
     def _maintain(self) -> None:
         # The caller's lock is held (one appender): roll and size checks need no more.
         if self._roll:
-            seq = self._active.seq + 1
-            segment = _open_segment(self._app_dir, self._log_id, seq)
             with self._lock:
-                self._segments.append(segment)
-                self._active = segment
-            self._roll = False
+                self._roll_locked()
         self._unchecked = 0
         self._enforce_limit()
 
+    def _roll_locked(self) -> None:
+        # Under _lock: the sender rolls too (below), not only the appender.
+        segment = open_segment(self._app_dir, self._log_id, self._active.seq + 1)
+        self._segments.append(segment)
+        self._active = segment
+        self._active_since = time.monotonic()
+        self._roll = False
+        super()._free_acknowledged()  # the previous one, if it was rolled as delivered
+
+    def _free_acknowledged(self) -> None:
+        super()._free_acknowledged()
+        active, acked = self._active, self._acked
+        if (
+            acked.segment == active.seq
+            and acked.offset >= active.size
+            and (
+                active.size >= ROLL_ACKED_BYTES
+                or (active.size and time.monotonic() - self._active_since >= ROLL_ACKED_AGE_S)
+            )
+        ):
+            try:  # all of it delivered: free it now, not at the next append
+                self._roll_locked()
+            except OSError:
+                self._roll = True  # the next append tries (and reports a failure)
+
     def _enforce_limit(self) -> None:
-        try:
-            listing = list_directory(self._app_dir)
-        except OSError:
-            return
-        total = listing.total_bytes()
-        if total <= self._max_bytes:
-            return
-        oldest = sorted(
-            (found.mtime, seq, log_id, found.size)
-            for log_id, files in listing.segments.items()
-            for seq, found in files.items()
-        )
-        orphans: dict[str, Orphan | None] = {}
-        try:
-            for _, seq, log_id, size in oldest:
-                if total <= self._max_bytes:
-                    break
-                lost = self._drop(listing, orphans, log_id, seq)
-                if lost is not None:
-                    total -= size
-                    self._report_loss(lost)
-        finally:
-            for orphan in orphans.values():
-                if orphan is not None:
-                    orphan.release()
+        for lost in limit.enforce(self, self._max_bytes):
+            self._report_loss(lost)
 
-    def _drop(
-        self, listing: Listing, orphans: dict[str, Orphan | None], log_id: str, seq: int
-    ) -> list[bytes] | None:
-        """Delete one segment; its unacknowledged records, or None if it must stay."""
-        if log_id == self._log_id:
-            return self._drop_own(seq)
-        if log_id not in listing.ledgers:
-            found = listing.segments[log_id][seq]
-            if not _is_stray(self._app_dir, listing, log_id, found):
-                return None
-            unlink(found.path)
-            return []  # an acknowledged leftover: nothing is lost
-        if log_id not in orphans:
-            orphans[log_id] = _claim(self._app_dir, log_id, scan=False)
-        orphan = orphans[log_id]
-        return None if orphan is None else orphan._drop_segment(seq)
+    @property
+    def app_dir(self) -> str:
+        return self._app_dir
 
-    def _drop_own(self, seq: int) -> list[bytes] | None:
+    @property
+    def log_id(self) -> str:
+        return self._log_id
+
+    def acknowledged_bytes(self) -> int:
+        """Bytes of this log's segments before the acknowledged position (delivered)."""
+        with self._lock:
+            acked = self._acked
+            return sum(
+                s.size if s.seq < acked.segment else min(acked.offset, s.size)
+                for s in self._segments
+                if s.seq <= acked.segment
+            )
+
+    def drop_own(self, seq: int) -> list[bytes] | None:
+        """For the size limit: delete one of this log's segments (not the active one, nor
+        one in flight); its unsent records, or None if it must stay."""
         with self._lock:
             segment = next((s for s in self._segments if s.seq == seq), None)
             flight = self._in_flight
@@ -379,220 +375,3 @@ class EventLog(Log):
                     self._ledger_path,
                 )
         self._seen = max(self._seen, end)
-
-
-def _prepare_directory(app_dir: PathLike) -> str:
-    path = os.path.abspath(os.fspath(app_dir))
-    try:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        info = os.stat(path)
-        if info.st_mode & 0o077 and info.st_uid == os.geteuid():
-            os.chmod(path, 0o700)  # another user's process must not read our events
-    except OSError as exc:
-        raise SpoolUnavailable(f"cannot use {path} as a spool directory: {exc}") from exc
-    return os.path.realpath(path)
-
-
-def _create_ledger(app_dir: str, log_id: str) -> int:
-    """A locked ledger that appears under its final name only once it is locked."""
-    final = ledger_path(app_dir, log_id)
-    temporary = os.path.join(app_dir, f".{log_id}{LEDGER_SUFFIX}.tmp")
-    fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if os.pwrite(fd, fmt.pack_ledger(START), 0) != fmt.LEDGER_BYTES:
-            raise OSError(errno.ENOSPC, "short write of the ledger")
-        reserve(final)
-        os.rename(temporary, final)
-    except OSError:
-        settle(final, None)
-        unlink(temporary)
-        os.close(fd)
-        raise
-    return fd
-
-
-def _open_segment(app_dir: str, log_id: str, seq: int) -> Segment:
-    path = segment_path(app_dir, log_id, seq)
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
-    return Segment(seq, os.open(path, flags, 0o600), path, 0)
-
-
-def _remove_strays(app_dir: str, listing: Listing) -> None:
-    """Delete segments without a ledger: acknowledged leftovers (see Log._close_files)."""
-    for log_id, files in listing.segments.items():
-        for found in files.values():
-            if _is_stray(app_dir, listing, log_id, found):
-                unlink(found.path)
-
-
-def _is_stray(app_dir: str, listing: Listing, log_id: str, found: FileInfo) -> bool:
-    # A listing is not a snapshot: a log created while it ran can show its first segment
-    # and not its ledger (renamed into place just before). Such a segment is new.
-    return (
-        log_id not in listing.ledgers
-        and time.time() - found.mtime > STALE_TEMP_S
-        and not os.path.exists(ledger_path(app_dir, log_id))
-    )
-
-
-# -- orphans -----------------------------------------------------------------------------
-
-
-class Orphan(Log):
-    """A claimed log of a dead process: read it, acknowledge (persisted), then release."""
-
-    def __init__(
-        self, app_dir: str, log_id: str, ledger_fd: int, acked: Position, segments: list[Segment]
-    ) -> None:
-        super().__init__(app_dir, log_id, ledger_fd, acked, segments)
-        self._total: int | None = None  # records after the ledger's position at the claim
-        self._done = 0
-        self._was_sent = 0  # records up to this packed position may have arrived already
-        self._counted = 0  # resends counted up to this packed position (a rewind re-takes)
-        self.resent = 0  # records taken again that the dead process had taken for sending
-
-    @property
-    def name(self) -> str:
-        """The log's name (``<pid>-<hex>``: the PID of the process that wrote it)."""
-        return self._log_id
-
-    def pending(self) -> int:
-        """Records not yet acknowledged (counted once, at the claim)."""
-        if self._total is None:
-            self._scan()
-        assert self._total is not None
-        return self._total - self._done
-
-    def release(self) -> None:
-        """Done: delete the files if all is acknowledged, else unlock them for a later claimer."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        if self.torn:
-            logger.warning(
-                "spool: %d torn or corrupt record(s) skipped in %s", self.torn, self._ledger_path
-            )
-        empty = self._total is not None and self._total == self._done
-        self._close_files(delete=empty or not self._has_data_after_ack())
-
-    def _scan(self) -> None:
-        total, corrupt = 0, 0
-        for segment in self._segments:
-            start = self._acked.offset if segment.seq == self._acked.segment else 0
-            batch = fmt.Batch()
-            fmt.read(segment.fd, start, segment.size, EVERYTHING, EVERYTHING, batch)
-            total += len(batch.payloads)
-            corrupt += batch.corrupt
-        self._total, self.torn = total, corrupt
-
-    def _settled(self, count: int) -> None:
-        self._done += count
-
-    def _taken(self, ends: list[int]) -> None:
-        fresh = [end for end in ends if end > self._counted]
-        self.resent += sum(1 for end in fresh if end <= self._was_sent)
-        if fresh:
-            self._counted = fresh[-1]
-
-    def _drop_segment(self, seq: int) -> list[bytes]:
-        """For the size limit: delete one segment, returning its unacknowledged records."""
-        segment = next((s for s in self._segments if s.seq == seq), None)
-        if segment is None:
-            return []
-        batch = fmt.Batch()
-        if seq >= self._acked.segment:
-            start = self._acked.offset if seq == self._acked.segment else 0
-            fmt.read(segment.fd, start, segment.size, EVERYTHING, EVERYTHING, batch)
-        unlink(segment.path)
-        self._segments.remove(segment)
-        os.close(segment.fd)
-        return batch.payloads
-
-
-def claim_orphan(app_dir: PathLike) -> Orphan | None:
-    """Claim one log of a dead process that still has records; None if there is none.
-
-    Exactly one claimer wins each orphan, across processes (the ledger's lock) and across
-    threads of this process (the registry). Orphans with nothing left are deleted on the way.
-    """
-    directory = os.path.realpath(os.fspath(app_dir))
-    try:
-        listing = list_directory(directory)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError as exc:
-        warn_once(f"list:{directory}", "spool: cannot read %s: %s", directory, exc)
-        return None
-    _remove_stale_temps(listing)
-    _remove_strays(directory, listing)
-    for log_id in sorted(listing.ledgers, key=lambda name: listing.ledgers[name].mtime):
-        orphan = _claim(directory, log_id, scan=True)
-        if orphan is None:
-            continue
-        if orphan.pending():
-            return orphan
-        orphan.release()  # nothing left in it: deleted
-    return None
-
-
-def _claim(app_dir: str, log_id: str, *, scan: bool) -> Orphan | None:
-    path = ledger_path(app_dir, log_id)
-    if not reserve(path):
-        return None  # this process holds it (its own log, or claimed by another thread)
-    fd = lock_existing(path)
-    if fd is None:
-        settle(path, None)
-        return None
-    try:
-        orphan = _load_orphan(app_dir, log_id, fd)
-        if scan:
-            orphan._scan()
-    except OSError as exc:
-        warn_once(f"claim:{path}", "spool: cannot read %s: %s", path, exc)
-        os.close(fd)
-        settle(path, None)
-        return None
-    settle(path, orphan)
-    return orphan
-
-
-def _load_orphan(app_dir: str, log_id: str, ledger_fd: int) -> Orphan:
-    marks = fmt.unpack_ledger_marks(os.pread(ledger_fd, fmt.LEDGER_BYTES + 1, 0))
-    if marks is None:
-        warn_once(f"ledger:{log_id}", "spool: unreadable ledger of %s: resending it all", log_id)
-        marks = START, START
-    acked, sent = marks
-    segments: list[Segment] = []
-    prefix = f"{log_id}-"
-    names = sorted(name for name in os.listdir(app_dir) if name.startswith(prefix))
-    for name in names:
-        match = SEGMENT_NAME.match(name)
-        if match is None or match[1] != log_id:
-            continue
-        seq, path = int(match[2]), os.path.join(app_dir, name)
-        if seq < acked.segment:  # acknowledged; its owner died before deleting it
-            unlink(path)
-            continue
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue
-        segments.append(Segment(seq, fd, path, os.fstat(fd).st_size))
-    orphan = Orphan(app_dir, log_id, ledger_fd, acked, segments)
-    orphan._sent = max(sent, acked)  # kept in the ledger for a claimer after this one
-    orphan._was_sent = (sent.segment << SEQ_SHIFT) + sent.offset
-    return orphan
-
-
-def _remove_stale_temps(listing: Listing) -> None:
-    now = time.time()
-    for temp in listing.temps:
-        if now - temp.mtime < STALE_TEMP_S:
-            continue
-        fd = lock_existing(temp.path)  # held: its creator is alive (and stuck); leave it
-        if fd is not None:
-            unlink(temp.path)
-            os.close(fd)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from klime_mp.spool import format as fmt
 from klime_mp.spool.files import (
@@ -23,6 +25,10 @@ from klime_mp.spool.files import (
 )
 from klime_mp.spool.format import START, Position
 
+# "<spool_dir>/<app>.endpoint" names the endpoint an app directory sends to: the directory
+# name is a digest of endpoint and write key, which tells an operator nothing.
+ENDPOINT_SUFFIX = ".endpoint"
+
 # -- status ------------------------------------------------------------------------------
 
 
@@ -32,6 +38,7 @@ class AppStatus:
 
     app: str  # the directory name (digest of endpoint and key)
     path: Path
+    endpoint: str | None  # where its events go; None when written by klime_mp 0.1.0
     segments: int
     pending: int  # records after each log's acknowledged position (in flight included)
     bytes: int  # size of the segment files
@@ -53,6 +60,8 @@ def app_directories(spool_dir: PathLike) -> list[Path]:
     for entry in sorted(Path(spool_dir).iterdir()):
         if entry.is_dir() and APP_NAME.match(entry.name):
             found.append(entry)
+        elif entry.suffix == ENDPOINT_SUFFIX and APP_NAME.match(entry.stem):
+            continue
         else:
             warn_once(str(entry), "spool: skipping %s (not an app directory)", entry)
     return found
@@ -77,6 +86,7 @@ def _app_status(app_dir: Path) -> AppStatus:
     return AppStatus(
         app=app_dir.name,
         path=app_dir,
+        endpoint=endpoint_of(app_dir),
         segments=sum(len(files) for files in listing.segments.values()),
         pending=pending,
         bytes=listing.total_bytes(),
@@ -85,6 +95,34 @@ def _app_status(app_dir: Path) -> AppStatus:
         orphans=orphans,
         torn=torn,
     )
+
+
+def remember_endpoint(app_dir: Path, endpoint: str) -> None:
+    """Write the app's endpoint (never its key, nor a password in the URL) beside its
+    directory, once, for ``status``. Best effort: a spool works without it."""
+    path = app_dir.with_name(app_dir.name + ENDPOINT_SUFFIX)
+    if path.exists():
+        return
+    url = urlsplit(endpoint)
+    shown = urlunsplit(url._replace(netloc=url.netloc.rpartition("@")[2]))
+    temp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, shown.encode("utf-8"))
+        finally:
+            os.close(fd)
+        os.replace(temp, path)  # whole or absent, whoever writes it first
+    except OSError:  # a full disk: no note, and no empty temporary file left behind
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+
+
+def endpoint_of(app_dir: Path) -> str | None:
+    try:
+        return app_dir.with_name(app_dir.name + ENDPOINT_SUFFIX).read_text("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _inspect(ledger: str) -> tuple[bool, Position]:

@@ -1,0 +1,101 @@
+"""From per-run figures to medians (min-max) over runs, ratios within runs, and tables.
+
+A ratio is computed inside each run first (klime_mp against the best peer *of that
+run*) and only then summarised over runs: on a shared, noisy machine two SDKs measured
+seconds apart are comparable, the same SDK measured in two runs less so.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from bench.sdks import PEERS
+
+Figures = dict[str, dict[str, Any]]  # sdk -> figure -> value, for one table of one run
+Run = dict[str, Figures]  # table -> its figures
+Summary = dict[str, Any]  # {"median", "min", "max"}
+
+# The figures compared with the best peer, and whether lower is better. The ratio is
+# always the one above 1 when klime_mp is ahead.
+LOWER, HIGHER = True, False
+RATIOS = {
+    "cpu": {"us_per_event": LOWER},
+    **{f"latency {c}": {"p50_us": LOWER, "p99_us": LOWER} for c in ("up", "down", "full")},
+    "throughput": {"events_per_s": HIGHER},
+}
+
+
+def summarize(values: list[Any]) -> Summary | bool | None:
+    """Median with min and max over runs (runs without a value left out); for a flag,
+    whether any run raised it."""
+    if any(isinstance(v, bool) for v in values):
+        return any(values)
+    present = [float(v) for v in values if v is not None]
+    if not present:
+        return None
+    return {"median": statistics.median(present), "min": min(present), "max": max(present)}
+
+
+def best_peer_ratio(runs: list[Figures], figure: str, lower_is_better: bool) -> Summary | None:
+    ratios = []
+    for run in runs:
+        ours = (run.get("klime_mp") or {}).get(figure)
+        peers = [run[p][figure] for p in PEERS if run.get(p, {}).get(figure) is not None]
+        if ours and peers:
+            ratios.append(min(peers) / ours if lower_is_better else ours / max(peers))
+    result = summarize(ratios)
+    return result if isinstance(result, dict) else None
+
+
+def summary(runs: list[Run]) -> dict[str, Any]:
+    """Per table: each SDK's figures over runs, and the ratios against the best peer."""
+    out: dict[str, Any] = {}
+    for table in dict.fromkeys(t for run in runs for t in run):
+        per_run = [run.get(table, {}) for run in runs]
+        sdks = dict.fromkeys(sdk for figures in per_run for sdk in figures)
+        names = dict.fromkeys(f for figures in per_run for sdk in figures for f in figures[sdk])
+        out[table] = {
+            "sdks": {
+                sdk: {f: summarize([r.get(sdk, {}).get(f) for r in per_run]) for f in names}
+                for sdk in sdks
+            },
+            "vs_best_peer": {
+                f: best_peer_ratio(per_run, f, lower) for f, lower in RATIOS.get(table, {}).items()
+            },
+        }
+    return out
+
+
+def fmt(value: Summary | bool | None, times: str = "") -> str:
+    """``median (min-max)``, or the value alone when the runs agree; yes/no for flags."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+
+    def one(x: float) -> str:
+        if abs(x) >= 1000 or x == int(x):  # counts, and figures where decimals are noise
+            return f"{x:,.0f}"
+        return f"{x:.1f}" if abs(x) >= 10 else f"{x:.2f}"
+
+    text = one(value["median"])
+    if value["min"] != value["max"]:
+        text += f" ({one(value['min'])}\u2013{one(value['max'])})"  # an en dash
+    return text + times
+
+
+def markdown(summaries: dict[str, Any]) -> str:
+    """One markdown table per measurement, each with its line of ratios under it."""
+    lines = []
+    for table, part in summaries.items():
+        names = list(dict.fromkeys(f for figures in part["sdks"].values() for f in figures))
+        lines += [f"### {table}", "", "| SDK | " + " | ".join(names) + " |"]
+        lines.append("|---" * (len(names) + 1) + "|")
+        for sdk, figures in part["sdks"].items():
+            lines.append(f"| {sdk} | " + " | ".join(fmt(figures.get(f)) for f in names) + " |")
+        ratios = [f"{f} {fmt(r, chr(215))}" for f, r in part["vs_best_peer"].items()]
+        if ratios:
+            lines += ["", "klime_mp against the best peer of each run: " + ", ".join(ratios)]
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,60 @@
+"""Creating a log's files: the app directory (0700), a ledger that is locked before it
+appears under its final name, and segments (0600)."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+
+from klime_mp.errors import SpoolUnavailable
+from klime_mp.spool import format as fmt
+from klime_mp.spool.files import (
+    LEDGER_SUFFIX,
+    PathLike,
+    Segment,
+    ledger_path,
+    reserve,
+    segment_path,
+    settle,
+    unlink,
+)
+from klime_mp.spool.format import START
+
+
+def prepare_directory(app_dir: PathLike) -> str:
+    path = os.path.abspath(os.fspath(app_dir))
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        info = os.stat(path)
+        if info.st_mode & 0o077 and info.st_uid == os.geteuid():
+            os.chmod(path, 0o700)  # another user's process must not read our events
+    except OSError as exc:
+        raise SpoolUnavailable(f"cannot use {path} as a spool directory: {exc}") from exc
+    return os.path.realpath(path)
+
+
+def create_ledger(app_dir: str, log_id: str) -> int:
+    """A locked ledger that appears under its final name only once it is locked."""
+    final = ledger_path(app_dir, log_id)
+    temporary = os.path.join(app_dir, f".{log_id}{LEDGER_SUFFIX}.tmp")
+    fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.pwrite(fd, fmt.pack_ledger(START), 0) != fmt.LEDGER_BYTES:
+            raise OSError(errno.ENOSPC, "short write of the ledger")
+        reserve(final)
+        os.rename(temporary, final)
+    except OSError:
+        settle(final, None)
+        unlink(temporary)
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_segment(app_dir: str, log_id: str, seq: int) -> Segment:
+    path = segment_path(app_dir, log_id, seq)
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+    return Segment(seq, os.open(path, flags, 0o600), path, 0)
