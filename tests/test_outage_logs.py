@@ -58,7 +58,7 @@ def test_an_outage_logs_its_cause_once_and_its_end_once(
     client = KlimeClient(
         KEY,
         f"http://127.0.0.1:{port}",
-        max_batch_size=10,
+        max_batch_size=100,  # the sender waits for the flush: all 35 wait at the first attempt
         retry_initial_delay=50,
         retry_max_attempts=1000,  # nothing given up: the outage ends with all delivered
         flush_interval=60_000,
@@ -90,7 +90,7 @@ def test_an_outage_logs_its_cause_once_and_its_end_once(
     [ended] = klime_records(caplog, logging.INFO)
     assert ended.startswith("Klime: delivering again after ")
     assert f"failed attempts, last: connection refused to 127.0.0.1:{port}): " in ended
-    assert ended.endswith("10 events delivered now, 25 wait")
+    assert ended.endswith("35 events delivered now, 0 wait")
 
 
 def test_an_http_error_is_named_with_its_status_and_url(

@@ -32,7 +32,8 @@ import urllib3
 from conftest import CollectorProcess
 
 from klime_mp.delivery.deliverer import Deliverer
-from klime_mp.delivery.transport import Attempt, Transport, _chain, _Proxy, _proxy_for, ca_bundle
+from klime_mp.delivery.failures import chain_of as _chain
+from klime_mp.delivery.transport import Attempt, Transport, _Proxy, _proxy_for, ca_bundle
 from klime_mp.options import build_options
 
 KEY = "sk_key_1234"
