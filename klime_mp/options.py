@@ -10,7 +10,7 @@ import ipaddress
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
 
 from klime_mp.wire import BATCH_PATH, MAX_BATCH_SIZE
@@ -50,6 +50,11 @@ SPOOL_DIR_ENV = "KLIME_SPOOL_DIR"
 
 ErrorCallback = Callable[[BaseException, "list[dict[str, Any]]"], Any]
 SuccessCallback = Callable[[Any], Any]
+# An event as a dict in, the dict to send (possibly changed) or None to drop it out.
+BeforeSend = Callable[[dict[str, Any]], Optional[dict[str, Any]]]
+# Request body encodings (Content-Encoding). Off by default: the Klime API does not
+# document compressed bodies, so only turn it on for a server known to accept them.
+COMPRESSIONS = ("gzip",)
 
 
 @dataclass(frozen=True)
@@ -76,13 +81,16 @@ class Options:
     debug: bool = False  # log each request at DEBUG: status, events, bytes, milliseconds
     metrics: bool = True  # OpenTelemetry instruments, when opentelemetry-api is installed
     stall_warning: float = DEFAULT_STALL_WARNING_S
+    before_send: BeforeSend | None = None
+    compression: str | None = None
 
     def __repr__(self) -> str:
         # The write key is a credential: it never appears in reprs, logs or errors.
         return (
             f"Options(endpoint={self.endpoint!r}, flush_interval={self.flush_interval}, "
             f"max_batch_size={self.max_batch_size}, max_queue_size={self.max_queue_size}, "
-            f"send={self.send}, sync_mode={self.sync_mode}, spool_dir={self.spool_dir!r})"
+            f"send={self.send}, sync_mode={self.sync_mode}, spool_dir={self.spool_dir!r}, "
+            f"compression={self.compression!r})"
         )
 
 
@@ -108,6 +116,8 @@ def build_options(
     debug: bool | None = None,
     metrics: bool = True,
     stall_warning: float = DEFAULT_STALL_WARNING_S,
+    before_send: BeforeSend | None = None,
+    compression: str | None = None,
 ) -> Options:
     """Validate the constructor arguments; ``None`` means the official default."""
     batch = _positive_int("max_batch_size", max_batch_size, DEFAULT_MAX_BATCH_SIZE)
@@ -150,6 +160,8 @@ def build_options(
         debug=_bool("debug", debug, os.environ.get(DEBUG_ENV, "") in ("1", "true")),
         metrics=_bool("metrics", metrics, True),
         stall_warning=_positive_number("stall_warning", stall_warning, DEFAULT_STALL_WARNING_S),
+        before_send=_callback("before_send", before_send),
+        compression=_compression(compression),
     )
 
 
@@ -212,6 +224,16 @@ def _spool_max_bytes(value: int | None) -> int:
             f"spool_max_bytes must be at least {MIN_SPOOL_MAX_BYTES} (1 MiB), got {size}"
         )
     return size
+
+
+def _compression(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"compression must be a string or None, got {type(value).__name__}")
+    if value not in COMPRESSIONS:
+        raise ValueError(f"compression must be None or 'gzip', got {value!r}")
+    return value
 
 
 def _is_cleartext_remote(url: str) -> bool:

@@ -257,14 +257,18 @@ def test_a_process_multiprocessing_did_not_start_keeps_sigterms_default_action()
 
 
 SIGTERM_DURING_EXIT_FLUSH = """
-import os, signal, sys
-from klime_mp.lifecycle import forksafe
-signal.signal(signal.SIGTERM, forksafe._flush_then_terminate)
+import os, signal, sys, time
+from klime_mp.lifecycle import forksafe, sigterm
+forksafe._install_sigterm_flush()  # the handler and its watch, as in a pool worker
 # The PID whose exit flush is running: this process's own, another's, or none (0).
 forksafe._exit_flush_running = os.getpid() if sys.argv[1] == "self" else int(sys.argv[1])
 os.kill(os.getpid(), signal.SIGTERM)
 # Still alive: the flush under way is left to finish, and a second SIGTERM kills.
 print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+sys.stdout.flush()
+# The watch stands down too: it does not end the process while that flush runs.
+time.sleep(4 * sigterm.SIGTERM_GRACE_S)
+print("alive")
 sys.stdout.flush()
 os._exit(0)
 """
@@ -273,7 +277,7 @@ os._exit(0)
 @pytest.mark.parametrize(
     ("flushing", "outcome"),
     [
-        ("self", (0, ["True"])),  # its own flush is under way: let it finish
+        ("self", (0, ["True", "alive"])),  # its own flush is under way: let it finish
         ("0", (-signal.SIGTERM, [])),  # none: flush, then die of SIGTERM
         # Another PID's (a child forked during its parent's exit flush inherits that
         # PID there): not this process's flush, even when the PID is higher.
@@ -296,7 +300,7 @@ def test_sigterm_during_an_exit_flush_lets_only_this_processs_own_finish(
 KEEP_SIGTERM = """
 import json, multiprocessing, os, signal
 import klime_mp
-from klime_mp.lifecycle import forksafe
+from klime_mp.lifecycle import forksafe, sigterm
 
 def own_handler(signum, frame):
     pass
@@ -308,7 +312,7 @@ def child(conn, kind):
     client = klime_mp.KlimeClient("k", endpoint="http://127.0.0.1:9", flush_interval=60_000)
     client.track("e", user_id="u")  # builds this child's worker and exit hooks
     now = signal.getsignal(signal.SIGTERM)
-    conn.send("flush" if now is forksafe._flush_then_terminate else "kept" if now is SET[kind]
+    conn.send("flush" if now is sigterm._flush_then_terminate else "kept" if now is SET[kind]
               else repr(now))
     os._exit(0)  # nothing to send: port 9 refuses
 

@@ -14,7 +14,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "klime_mp"
 
 # Lowest first. A folder stands for every module in it; a top-level module for itself.
 LAYERS: list[set[str]] = [
-    {"_version", "errors", "wire", "options", "timestamps", "message_ids", "responses", "events"},
+    {"_version", "errors", "wire", "options", "timestamps", "message_ids", "responses", "events"}
+    | {"values", "before_send"},
     {"spool", "lifecycle", "collector"},  # storage, the fork registry, the local server
     {"delivery"},  # the per-process sender
     {"metrics"},  # OpenTelemetry instruments read from the delivery layer's counts
@@ -25,7 +26,7 @@ LAYERS: list[set[str]] = [
     {"client"},
     {"default"},
     {"wsgi", "asgi"},
-    {"cli", "demo"},
+    {"cli", "demo", "testing"},  # testing: the pytest plugin
     {"__main__", "__init__"},
     {"demo.example_app"},  # the demo's app: a user's app, shipped inside the package
 ]

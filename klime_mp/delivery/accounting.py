@@ -133,6 +133,12 @@ class Ledger:
         self._count(reason, count, failed=True)
         self.add("retries", retries)
 
+    def filtered(self, reason: str) -> None:
+        """An event the app chose not to send (its before_send returned None): counted
+        under ``reason``, but not a loss: no log, no on_error, flush() stays True."""
+        with self._lock:
+            self._dropped[reason] = self._dropped.get(reason, 0) + 1
+
     def park(self, reason: str, data: bytes) -> None:
         """A loss noticed on a caller's thread: count it now, report it later
         (``report_parked``, from the sender), so the caller pays only a list append."""

@@ -124,6 +124,10 @@ class Worker(Ending):
         report them, the caller's thread running ``on_error`` like the sender would."""
         self._ledger.report(reason, error, events, len(events))
 
+    def filtered(self, reason: str) -> None:
+        """An event the app's before_send dropped: counted, not a loss."""
+        self._ledger.filtered(reason)
+
     def size(self) -> int:
         with self._lock:
             return self._pending()
