@@ -21,6 +21,7 @@ from klime_mp.delivery.worker import OVERSIZED, Stats, Worker
 from klime_mp.errors import BeforeSendError, EventTooLargeError, SendError
 from klime_mp.lifecycle import forksafe
 from klime_mp.lifecycle.forksafe import ProcessLocal
+from klime_mp.metrics import register as register_metrics
 from klime_mp.options import BeforeSend, ErrorCallback, Options, SuccessCallback, build_options
 from klime_mp.responses import BatchResponse
 from klime_mp.timestamps import Timestamp, to_wire
@@ -57,6 +58,9 @@ class KlimeClient:
         sync_mode: bool = False,
         spool_dir: str | os.PathLike[str] | None = None,
         spool_max_bytes: int | None = None,
+        debug: bool | None = None,
+        metrics: bool = True,
+        stall_warning: float = 300.0,
         before_send: BeforeSend | None = None,
         compression: str | None = None,
     ) -> None:
@@ -78,9 +82,14 @@ class KlimeClient:
             sync_mode=sync_mode,
             spool_dir=spool_dir,
             spool_max_bytes=spool_max_bytes,
+            debug=debug,
+            metrics=metrics,
+            stall_warning=stall_warning,
             before_send=before_send,
             compression=compression,
         )
+        if self._options.metrics:  # the instruments, once; read at collection time
+            register_metrics()
         # partial, not a lambda over self: the registry must not keep the client alive.
         self._worker: ProcessLocal[Worker] = ProcessLocal(
             functools.partial(Worker, self._options),

@@ -40,7 +40,11 @@ DEFAULT_FLUSH_TIMEOUT_S = 10.0  # flush() and a process-wide flush given no time
 # because a request's worker waits for it; what is not sent by then stays queued.
 REQUEST_FLUSH_TIMEOUT_S = 5.0
 
+# Events waiting this long with no batch delivered get one warning (per stall).
+DEFAULT_STALL_WARNING_S = 300.0
+
 WRITE_KEY_ENV = "KLIME_WRITE_KEY"
+DEBUG_ENV = "KLIME_DEBUG"  # "1": log every request (debug=True)
 ENDPOINT_ENV = "KLIME_ENDPOINT"
 SPOOL_DIR_ENV = "KLIME_SPOOL_DIR"
 
@@ -74,6 +78,9 @@ class Options:
     sync_mode: bool
     spool_dir: str | None = None
     spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
+    debug: bool = False  # log each request at DEBUG: status, events, bytes, milliseconds
+    metrics: bool = True  # OpenTelemetry instruments, when opentelemetry-api is installed
+    stall_warning: float = DEFAULT_STALL_WARNING_S
     before_send: BeforeSend | None = None
     compression: str | None = None
 
@@ -106,6 +113,9 @@ def build_options(
     sync_mode: bool = False,
     spool_dir: str | os.PathLike[str] | None = None,
     spool_max_bytes: int | None = None,
+    debug: bool | None = None,
+    metrics: bool = True,
+    stall_warning: float = DEFAULT_STALL_WARNING_S,
     before_send: BeforeSend | None = None,
     compression: str | None = None,
 ) -> Options:
@@ -147,6 +157,9 @@ def build_options(
         sync_mode=_bool("sync_mode", sync_mode, False),
         spool_dir=_spool_dir(spool_dir),
         spool_max_bytes=_spool_max_bytes(spool_max_bytes),
+        debug=_bool("debug", debug, os.environ.get(DEBUG_ENV, "") in ("1", "true")),
+        metrics=_bool("metrics", metrics, True),
+        stall_warning=_positive_number("stall_warning", stall_warning, DEFAULT_STALL_WARNING_S),
         before_send=_callback("before_send", before_send),
         compression=_compression(compression),
     )

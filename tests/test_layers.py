@@ -18,8 +18,10 @@ LAYERS: list[set[str]] = [
     | {"values", "before_send"},
     {"spool", "lifecycle", "collector"},  # storage, the fork registry, the local server
     {"delivery"},  # the per-process sender
+    {"metrics"},  # OpenTelemetry instruments read from the delivery layer's counts
     {"importer"},
-    {"uwsgi", "celery", "gunicorn_conf"},  # host integrations the lifecycle never imports
+    # host integrations the lifecycle never imports
+    {"uwsgi", "celery", "gunicorn_conf", "asgi_servers"},
     {"host_hooks"},  # finds the running host and installs its integration
     {"client"},
     {"default"},
