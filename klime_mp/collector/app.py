@@ -106,10 +106,16 @@ class CollectorApp:
             return early
         if not self._authorized(authorization):
             return error_reply(401, "missing, malformed or unknown write key")
+        if plan.max_body_bytes is not None and len(body) > plan.max_body_bytes:
+            self.stats.fault_injected(faults.TOO_LARGE)
+            return error_reply(413, f"body of {len(body)} bytes; at most {plan.max_body_bytes}")
         try:
             events = parse_batch(body)
         except BatchError as exc:
             return error_reply(400, str(exc))
+        if plan.poison_event is not None and _holds(events, plan.poison_event):
+            self.stats.fault_injected(faults.POISON)
+            return error_reply(400, f"the batch holds a bad event ({plan.poison_event!r})")
         checked = check_batch(events)
         stored = self.store.insert(checked.valid) if checked.valid else InsertResult(0, 0)
         self.stats.events_received(len(events), stored.duplicates, len(checked.errors))
@@ -211,6 +217,10 @@ class CollectorApp:
     def runs_reply(self) -> Reply:
         """``GET /v1/runs``: every run started, oldest first, with its event count."""
         return json_reply(200, [run_json(run) for run in self.store.runs()])
+
+
+def _holds(events: list[Any], name: str) -> bool:
+    return any(isinstance(event, dict) and event.get("event") == name for event in events)
 
 
 def utc(seconds: float) -> str:

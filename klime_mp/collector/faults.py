@@ -21,6 +21,8 @@ DROP = "drop"
 DROP_AFTER_STORE = "drop_after_store"
 GARBAGE = "garbage"
 DELAY = "delay"
+TOO_LARGE = "too_large"  # a body over ``max_body_bytes``, answered 413
+POISON = "poison"  # a batch holding the ``poison_event``, answered 400 as a whole
 
 _RATE_FIELDS = (
     ("error_rate", ERROR),
@@ -43,6 +45,11 @@ class FaultPlan:
     default), whatever else happens to them: a slow server. ``retry_after`` is sent
     verbatim with each 429, or, with ``retry_after_as_date``, as the HTTP date that many
     seconds after the answer (RFC 9110 allows both forms).
+
+    Two faults are not random but about the data, for tests of a client that splits a
+    refused batch: ``max_body_bytes`` answers 413 to a larger body (a server, or a
+    proxy, that takes less than the API's 10 MB), and ``poison_event`` answers 400 to a
+    whole batch that holds a track event of that name, without saying which event.
     """
 
     seed: int = 0
@@ -56,8 +63,20 @@ class FaultPlan:
     delay: float = 0.0
     delay_rate: float = 1.0
     retry_after_as_date: bool = False
+    max_body_bytes: int | None = None
+    poison_event: str | None = None
 
     def __post_init__(self) -> None:
+        if self.max_body_bytes is not None and not (
+            isinstance(self.max_body_bytes, int) and self.max_body_bytes > 0
+        ):
+            raise ValueError(
+                f"max_body_bytes must be a positive number of bytes, got {self.max_body_bytes!r}"
+            )
+        if self.poison_event is not None and not (
+            isinstance(self.poison_event, str) and self.poison_event
+        ):
+            raise ValueError(f"poison_event must be an event name, got {self.poison_event!r}")
         for name in (*(name for name, _kind in _RATE_FIELDS), "delay_rate"):
             rate = getattr(self, name)
             if not 0.0 <= rate <= 1.0:
