@@ -223,17 +223,21 @@ def test_without_a_spool_a_batch_out_of_attempts_is_lost_and_reported(
 def test_with_a_spool_a_refused_batch_is_lost_and_reported(
     server: ScriptedServer, tmp_path: Path
 ) -> None:
-    server.then(Reply(400, b'{"status":"error","message":"no"}'))
+    # Every request refused: the batch, then its halves down to each event alone.
+    server.then(*[Reply(400, b'{"status":"error","message":"no"}')] * 5)
     client, reports = reporting_client(server, spool_dir=tmp_path / "spool")
     for n in range(3):
         client.track("Refused", {"n": n}, user_id="u")
     assert client.flush(10) is False
     assert [(getattr(e, "reason", None), numbers(evs)) for e, evs in reports] == [
-        ("rejected", [0, 1, 2])
+        ("rejected", [0]),
+        ("rejected", [1]),
+        ("rejected", [2]),
     ]
     stats = client.stats()
     assert (stats.failed, stats.queued, stats.dropped) == (3, 0, {"rejected": 3})
-    assert len(server.received) == 1  # refused once, not retried from disk
+    # [0, 1, 2], [0], [1, 2], [1], [2]: each refused once, none retried from disk
+    assert [numbers(r.events()) for r in server.received] == [[0, 1, 2], [0], [1, 2], [1], [2]]
     client.shutdown()
 
 
@@ -414,7 +418,8 @@ def test_a_short_flush_waits_for_the_sender(server: ScriptedServer) -> None:
 
 def test_shutdown_after_everything_was_settled_returns_at_once(server: ScriptedServer) -> None:
     # Nothing is being reported: shutdown() has no reason to spend its report grace.
-    server.then(Reply(200, ok_body(2)), Reply(400, b'{"status":"error","message":"no"}'))
+    refused = Reply(400, b'{"status":"error","message":"no"}')
+    server.then(Reply(200, ok_body(2)), refused, refused, refused)  # the batch, then alone
     client = KlimeClient("key", server.url, max_batch_size=2, flush_interval=60_000)
     for n in range(4):
         client.track("Settled", {"n": n}, user_id="u")

@@ -31,6 +31,9 @@ PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 405, 407, 410, 413, 414, 415
 # its backoff until the set-up is fixed. Without one they are reported (see
 # docs/reliability.md, "Which answer drops what").
 SETUP_STATUSES = frozenset({401, 403, 404, 405, 407, 410, 414, 415})
+# Answers about the batch's data (a bad event, a body too large): the server is up and
+# answering, so they are no outage; the sender splits such a batch (``split``).
+DATA_STATUSES = PERMANENT_STATUSES - SETUP_STATUSES
 
 Deadline = Callable[[], Optional[float]]
 _HOUSEKEEPING_S = 1.0  # a backoff wait wakes this often for ``while_waiting``
@@ -111,6 +114,8 @@ class Deliverer:
             if self._outage is not None:
                 if attempt.status == 200:
                     self._outage.delivered(events)
+                elif attempt.status in DATA_STATUSES:
+                    self._outage.refused(attempt)
                 else:
                     self._outage.attempt_failed(attempt)
             delivery = self._judge(attempt, attempts - 1)

@@ -34,9 +34,7 @@ class OutageLog:
         self._stall_warned = False
 
     def attempt_failed(self, attempt: Attempt) -> None:
-        cause = attempt.cause or attempt.error or f"HTTP {attempt.status}"
-        self.last_cause = cause
-        self._ledger.request_failed(cause)
+        cause = self.refused(attempt)
         self._failures += 1
         if self._began is not None:
             return
@@ -46,6 +44,14 @@ class OutageLog:
             cause,
             self._waiting(),
         )
+
+    def refused(self, attempt: Attempt) -> str:
+        """A failed attempt, counted. Alone (not through ``attempt_failed``): an answer
+        about the batch's data, no outage; its loss is logged where it is reported."""
+        cause = attempt.cause or attempt.error or f"HTTP {attempt.status}"
+        self.last_cause = cause
+        self._ledger.request_failed(cause)
+        return cause
 
     def delivered(self, events: int) -> None:
         """A batch of ``events`` was taken by the server."""

@@ -30,6 +30,7 @@ from klime_mp.delivery.ending import Ending, Source
 from klime_mp.delivery.outage import OutageLog
 from klime_mp.delivery.queue import MemoryQueue
 from klime_mp.delivery.settle import settle, settle_sync
+from klime_mp.delivery.split import Splitter
 from klime_mp.delivery.transport import Transport
 from klime_mp.errors import DeliveryError, LossReport, SendError
 from klime_mp.options import DEFAULT_FLUSH_TIMEOUT_S, Options
@@ -84,6 +85,7 @@ class Worker(Ending):
             while_waiting=self._housekeeping,
             outage=self._outage,
         )
+        self._splitter = Splitter(options.logger)
         self._released = False
         census.enroll(self)  # read by the metrics at collection time
 
@@ -280,28 +282,40 @@ class Worker(Ending):
         return source, batch
 
     def _deliver(self, source: Source, batch: list[bytes], deadline: float | None) -> bool:
-        """Post one batch and settle it; False when it was kept (on disk, or queued at a
-        flush's deadline) unsent."""
-        delivery = self._post(batch, deadline)
-        with self._lock:
-            mine = self._in_flight is batch
-            self._in_flight = self._in_flight_source = None
-            if not mine:
-                return True  # shutdown gave it up at its deadline and reported it already
-            kept = delivery.response is None and self._keeps(source, delivery)
+        """Post one batch and settle it, part by part when the server makes us split it
+        (``split``); False when the rest was kept (on disk, or queued at a flush's
+        deadline) unsent.
+
+        Each part is acknowledged at its source as soon as it is settled, the parts
+        being consecutive from the front: the records of a split batch leave the spool
+        only as their halves are delivered or refused, and a rewind puts back only the
+        rest. ``_in_flight`` follows what is still unsettled, for shutdown."""
+        post = functools.partial(self._post, deadline=deadline)
+        rest = batch
+        for part, delivery in self._splitter.parts(post, batch):
+            with self._lock:
+                if self._in_flight is not rest:
+                    return True  # shutdown gave it up at its deadline and reported it already
+                kept = delivery.response is None and self._keeps(source, delivery)
+                if kept:
+                    source.rewind()  # on disk still: a later attempt or the next process
+                    self._in_flight = self._in_flight_source = None
+                else:
+                    source.acknowledge(len(part))
+                    rest = rest[len(part) :]
+                    self._in_flight = rest or None
+                    self._in_flight_source = source if rest else None
+                    self._reporting += 1
+            if not kept:
+                try:
+                    self._settle(part, delivery)
+                finally:
+                    with self._lock:
+                        self._reporting -= 1
+            self._notify_progress()
             if kept:
-                source.rewind()  # on disk still: a later attempt or the next process
-            else:
-                source.acknowledge(len(batch))
-                self._reporting += 1
-        if not kept:
-            try:
-                self._settle(batch, delivery)
-            finally:
-                with self._lock:
-                    self._reporting -= 1
-        self._notify_progress()
-        return not kept
+                return False
+        return True
 
     def _keeps(self, source: Source, delivery: Delivery) -> bool:
         """Events from the spool are lost only to a refusal; the rest waits on disk.
@@ -318,7 +332,8 @@ class Worker(Ending):
         """Send what dead processes of this app left in the spool. Caller holds
         _send_lock. Not during an outage: they wait on disk, as ours do."""
         if self._spool is not None and not self._deliverer.in_outage:
-            self._spool.recover(self._post, self._settle, deadline)
+            whole = functools.partial(self._splitter.whole, self._post)
+            self._spool.recover(whole, self._settle, deadline)
 
     def send_now(self, data: bytes) -> BatchResponse:
         """Send one event from the calling thread (the ``*_sync`` methods); callbacks are
