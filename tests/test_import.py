@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from klime_mp.collector import Collector
+from klime_mp.collector.faults import FaultPlan
 from klime_mp.importer.lines import jsonl_fields, to_event
 from tests.conftest import CollectorProcess
 
@@ -484,3 +486,24 @@ def test_a_batch_is_split_to_stay_under_10_mb(tmp_path: Path, collector: Collect
     stats = collector.stats()
     assert stats["stored"] == 100 and stats["requests"] == 2
     assert stats["status_counts"] == {"200": 2}
+
+
+def test_a_batch_refused_for_one_bad_event_is_split_and_only_its_line_is_rejected(
+    tmp_path: Path,
+) -> None:
+    # In this process: the collector's fault plan is not on its command line.
+    with Collector(
+        db=tmp_path / "events.sqlite3", faults=FaultPlan(poison_event="Poison")
+    ) as server:
+        lines = [track_line(i, event="Poison" if i == 7 else "Report Generated") for i in range(20)]
+        path = write_jsonl(tmp_path / "e.jsonl", lines)
+        result = run_import(server.url, str(path))
+        assert result.returncode == 1, result.stderr
+        counts = summary(result.stdout)
+        assert (counts["sent"], counts["rejected"]) == (19, 1)
+        refused = re.findall(r"e\.jsonl:(\d+): rejected by the server: (.*)", result.stderr)
+        assert [int(number) for number, _ in refused] == [8]  # line 8 holds event 7
+        assert "the batch holds a bad event" in refused[0][1]
+        assert sorted(e["properties"]["n"] for e in server.events()) == [
+            n for n in range(20) if n != 7
+        ]

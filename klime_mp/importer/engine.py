@@ -26,7 +26,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Callable
 
-from klime_mp.delivery.deliverer import REJECTED, Deliverer
+from klime_mp.delivery.deliverer import REJECTED, Deliverer, Delivery
+from klime_mp.delivery.split import Splitter
 from klime_mp.delivery.transport import Transport
 from klime_mp.errors import DeliveryError, ImportStopped, LineError
 from klime_mp.importer.lines import Event, Parsed, csv_rows, jsonl_fields, to_event
@@ -159,17 +160,24 @@ def send(
     cannot take any more (unreachable after the retries, or a bad write key)."""
     transport = Transport(options)
     deliverer = Deliverer(options, transport, threading.Event())
+    splitter = Splitter(options.logger)
+
+    def post(events: list[bytes]) -> Delivery:
+        return deliverer.send(batch_body(events), _no_deadline, len(events))
+
     counts.started = time.monotonic()
     try:
-        for numbers, body in _batches(work.path, batch_size):
-            _deliver(deliverer, numbers, body, report, counts)
+        for numbers, events in _batches(work.path, batch_size):
+            # A batch refused for its data (400, 413) is sent again in halves: only the
+            # lines the server refuses alone are reported (``delivery.split``).
+            _deliver(splitter.whole(post, events), numbers, report, counts)
             progress(counts)
     finally:
         transport.close()
 
 
-def _batches(path: str, batch_size: int) -> Iterator[tuple[list[int], bytes]]:
-    """(line numbers, request body) of each batch: up to ``batch_size`` events and
+def _batches(path: str, batch_size: int) -> Iterator[tuple[list[int], list[bytes]]]:
+    """(line numbers, encoded events) of each batch: up to ``batch_size`` events and
     BATCH_BYTES (the API's 10 MB less the envelope)."""
     numbers: list[int] = []
     chunk: list[bytes] = []
@@ -178,19 +186,16 @@ def _batches(path: str, batch_size: int) -> Iterator[tuple[list[int], bytes]]:
         for line in events:
             number, _, data = line.rstrip(b"\n").partition(b"\t")
             if chunk and (len(chunk) >= batch_size or size + len(data) + 1 > BATCH_BYTES):
-                yield numbers, batch_body(chunk)
+                yield numbers, chunk
                 numbers, chunk, size = [], [], 0
             numbers.append(int(number))
             chunk.append(data)
             size += len(data) + 1
     if chunk:
-        yield numbers, batch_body(chunk)
+        yield numbers, chunk
 
 
-def _deliver(
-    deliverer: Deliverer, numbers: list[int], body: bytes, report: Report, counts: Counts
-) -> None:
-    delivery = deliverer.send(body, _no_deadline)
+def _deliver(delivery: Delivery, numbers: list[int], report: Report, counts: Counts) -> None:
     response, error = delivery.response, delivery.error
     if response is not None:
         for problem in response.errors or ():
