@@ -40,6 +40,7 @@ class Stats:
     dropped: dict[str, int] = field(default_factory=dict)  # every lost event, by reason
     recovered: int = 0  # events of dead processes claimed from the spool and sent
     resent: int = 0  # of those, events the dead process had sent too (may be duplicates)
+    spool_failures: int = 0  # times the spool stopped working (full, read-only, removed)
 
 
 class Ledger:
@@ -50,10 +51,11 @@ class Ledger:
         self._log = options.logger
         self._lock = threading.Lock()
         self._counts = {"sent": 0, "failed": 0, "retries": 0, "batches": 0}
-        self._counts.update(recovered=0, resent=0)
+        self._counts.update(recovered=0, resent=0, spool_failures=0)
         self._dropped: dict[str, int] = {}
         self._last_warning: dict[str, float] = {}
         self._parked: dict[str, tuple[int, list[bytes]]] = {}  # reason -> (count, events)
+        self._notices: list[BaseException] = []  # for on_error, no event lost (see notice)
         self.losses = 0  # every lost event so far: flush() compares it to say "all sent"
 
     # -- counting ----------------------------------------------------------------------
@@ -119,10 +121,20 @@ class Ledger:
                 events.append(data)
             self._parked[reason] = (count + 1, events)
 
+    def notice(self, error: BaseException) -> None:
+        """An outage that loses no event (the spool fell back to memory): passed to
+        ``on_error`` with no events by the sender (``report_parked``), never from a
+        caller's thread, which may hold the worker's lock a callback could need."""
+        with self._lock:
+            self._notices.append(error)
+
     def report_parked(self) -> None:
-        """Report every parked loss, one ``on_error`` call per reason."""
+        """Report every parked loss, one ``on_error`` call per reason, and notices."""
         with self._lock:
             parked, self._parked = self._parked, {}
+            notices, self._notices = self._notices, []
+        for notice in notices:
+            self.call("on_error", notice, [])
         for reason, (count, events) in parked.items():
             message = f"{count} events dropped ({reason})"
             if count > len(events):

@@ -220,6 +220,22 @@ class EventLog(Log):
         """Records appended and not yet acknowledged (nor dropped by the size limit)."""
         return self._appended - self._settled_count
 
+    def detached(self) -> bool:
+        """Whether this log's files are gone from where they were (the directory, the
+        ledger or the segment being written was removed or replaced): appends would still
+        succeed, into files no successor can find. Two ``stat`` and two ``fstat``."""
+        with self._lock:  # the sender may roll (and close) the active segment meanwhile
+            if self._closed:
+                return False
+            try:
+                files = ((self._ledger_path, self._ledger_fd), (self._active.path, self._active.fd))
+                for path, fd in files:
+                    if os.stat(path).st_ino != os.fstat(fd).st_ino:
+                        return True
+            except OSError:
+                return True
+        return False
+
     def sync(self) -> None:
         """Force what was appended to the disk (``fdatasync``): for callers that want it to
         survive a power loss at a chosen point, e.g. an explicit flush. Costs a disk flush."""
@@ -261,7 +277,8 @@ class EventLog(Log):
             os.ftruncate(segment.fd, segment.size)
         except OSError:
             self._roll = True
-        raise OSError(errno.ENOSPC, f"short write to the spool ({written} bytes)")
+        reason = f"{os.strerror(errno.ENOSPC)} (a short write: {written} bytes)"
+        raise OSError(errno.ENOSPC, reason)
 
     def _maintain(self) -> None:
         # The caller's lock is held (one appender): roll and size checks need no more.
