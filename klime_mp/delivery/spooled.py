@@ -176,7 +176,10 @@ class Spool:
     def take(self, max_events: int, max_bytes: int) -> list[bytes]:
         for log in self._logs():  # retired logs first: their events are older
             if log.pending() - (self._taken if log is self._source else 0) > 0:
+                torn = log.torn
                 batch = log.take(max_events, max_bytes)
+                if log.torn != torn:  # damaged on disk, in events (spool.sequence)
+                    self._ledger.count_only(TORN, log.torn - torn)
                 if batch:
                     self._source = log
                     self._taken += len(batch)
@@ -222,7 +225,7 @@ class Spool:
                 finished = self._send_orphan(orphan, post, settle)
                 if orphan.resent:  # taken for sending by the dead process: may be twice
                     self._ledger.add("resent", orphan.resent)
-                if orphan.torn:
+                if orphan.torn and finished:  # once: an unfinished orphan is scanned again
                     self._ledger.count_only(TORN, orphan.torn)
             finally:
                 orphan.release()

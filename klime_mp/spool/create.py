@@ -1,11 +1,13 @@
-"""Creating a log's files: the app directory (0700), a ledger that is locked before it
-appears under its final name, and segments (0600)."""
+"""Creating a log's files: the app directory (0700, named by a digest), a ledger that is
+locked before it appears under its final name, and segments (0600)."""
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import os
+from pathlib import Path
 
 from klime_mp.errors import SpoolUnavailable
 from klime_mp.spool import format as fmt
@@ -20,6 +22,16 @@ from klime_mp.spool.files import (
     unlink,
 )
 from klime_mp.spool.format import START
+
+
+def app_directory(spool_dir: PathLike, endpoint: str, write_key: str) -> Path:
+    """The directory of one app's logs: a digest of endpoint and key, never the key."""
+    if not isinstance(endpoint, str):
+        raise TypeError(f"endpoint must be a str, got {type(endpoint).__name__}")
+    if not isinstance(write_key, str):
+        raise TypeError(f"write_key must be a str, got {type(write_key).__name__}")
+    digest = hashlib.sha256(f"{endpoint}\0{write_key}".encode()).hexdigest()[:16]
+    return Path(spool_dir) / digest
 
 
 def prepare_directory(app_dir: PathLike) -> str:
@@ -54,7 +66,17 @@ def create_ledger(app_dir: str, log_id: str) -> int:
     return fd
 
 
-def open_segment(app_dir: str, log_id: str, seq: int) -> Segment:
+def open_segment(app_dir: str, log_id: str, seq: int, *, first_seq: int) -> Segment:
+    """A new segment, its file header (format version, first record's number) written."""
     path = segment_path(app_dir, log_id, seq)
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
-    return Segment(seq, os.open(path, flags, 0o600), path, 0)
+    fd = os.open(path, flags, 0o600)
+    try:
+        header = fmt.file_header(first_seq)
+        if os.write(fd, header) != len(header):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    except OSError:
+        os.close(fd)
+        unlink(path)
+        raise
+    return Segment(seq, fd, path, len(header), fmt.V2, first_seq)
