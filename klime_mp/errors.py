@@ -67,6 +67,11 @@ class SpoolNewerFormat(KlimeError):
         self.path = path
 
 
+class SpoolForeignOwner(KlimeError):
+    """A spool file of another user: its events are not sent with our key (it may have
+    been planted), nor deleted; it is left as it is."""
+
+
 class LineError(KlimeError, ValueError):
     """Why one line of an import is not a valid event."""
 

@@ -37,14 +37,35 @@ def app_directory(spool_dir: PathLike, endpoint: str, write_key: str) -> Path:
 def prepare_directory(app_dir: PathLike) -> str:
     path = os.path.abspath(os.fspath(app_dir))
     try:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        os.makedirs(path, mode=0o700, exist_ok=True)
+        make_directories(path)
         info = os.stat(path)
-        if info.st_mode & 0o077 and info.st_uid == os.geteuid():
+        if info.st_uid != os.geteuid():  # its owner could read our events, or plant its own
+            raise PermissionError(
+                f"it belongs to uid {info.st_uid}, not to this process's ({os.geteuid()})"
+            )
+        if info.st_mode & 0o077:
             os.chmod(path, 0o700)  # another user's process must not read our events
     except OSError as exc:
         raise SpoolUnavailable(f"cannot use {path} as a spool directory: {exc}") from exc
     return os.path.realpath(path)
+
+
+def make_directories(path: str) -> None:
+    """Create ``path`` and its missing parents, each 0700 (``os.makedirs`` gives the
+    parents it creates the umask's mode, often 0755: readable by every user)."""
+    missing: list[str] = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            continue  # made meanwhile by another process (or a file: the caller's stat fails)
+        os.chmod(directory, 0o700)  # a umask can only take bits away; this says it exactly
 
 
 def create_ledger(app_dir: str, log_id: str) -> int:

@@ -13,7 +13,7 @@ import os
 import time
 from typing import NamedTuple
 
-from klime_mp.errors import SpoolNewerFormat
+from klime_mp.errors import SpoolForeignOwner, SpoolNewerFormat
 from klime_mp.spool import format as fmt
 from klime_mp.spool.files import (
     EVERYTHING,
@@ -62,16 +62,20 @@ def is_stray(app_dir: str, listing: Listing, log_id: str, found: FileInfo) -> bo
 
 
 def _is_newer(path: str) -> bool:
-    """A newer klime_mp's file, whose rules for leftovers this version does not know."""
+    """A newer klime_mp's file, whose rules for leftovers this version does not know, or
+    another user's: neither is ours to delete."""
     try:
         segment = load_segment(path, 0)
-    except SpoolNewerFormat as exc:
-        warn_once(f"newer:{path}", "spool: leaving %s as it is: %s", path, exc)
+        if segment is not None:
+            try:
+                check_owner(segment.fd, path)
+            finally:
+                os.close(segment.fd)
+    except (SpoolNewerFormat, SpoolForeignOwner) as exc:
+        warn_once(f"leave:{path}", "spool: leaving %s as it is: %s", path, exc)
         return True
     except OSError:
         return False
-    if segment is not None:
-        os.close(segment.fd)
     return False
 
 
@@ -245,8 +249,8 @@ def claim(app_dir: str, log_id: str, *, scan: bool) -> Orphan | None:
         orphan = _load_orphan(app_dir, log_id, fd)
         if scan:
             orphan.scan()
-    except SpoolNewerFormat as exc:
-        warn_once(f"newer:{path}", "spool: leaving %s as it is: %s", log_id, exc)
+    except (SpoolNewerFormat, SpoolForeignOwner) as exc:
+        warn_once(f"leave:{path}", "spool: leaving %s as it is: %s", log_id, exc)
         os.close(fd)
         settle(path, None)
         return None
@@ -259,8 +263,15 @@ def claim(app_dir: str, log_id: str, *, scan: bool) -> Orphan | None:
     return orphan
 
 
+def check_owner(fd: int, path: str) -> None:
+    owner = os.fstat(fd).st_uid
+    if owner != os.geteuid():
+        raise SpoolForeignOwner(f"{path} belongs to uid {owner}, not to this process's")
+
+
 def _load_orphan(app_dir: str, log_id: str, ledger_fd: int) -> Orphan:
     path = ledger_path(app_dir, log_id)
+    check_owner(ledger_fd, path)
     raw = os.pread(ledger_fd, fmt.LEDGER_BYTES + 1, 0)
     if fmt.ledger_is_newer(raw):
         raise SpoolNewerFormat(path, f"{raw[:4]!r}")
@@ -284,6 +295,7 @@ def _load_orphan(app_dir: str, log_id: str, ledger_fd: int) -> Orphan:
             segment = load_segment(segment_file, seq)
             if segment is not None:
                 segments.append(segment)
+                check_owner(segment.fd, segment_file)
     except BaseException:
         for segment in segments:
             os.close(segment.fd)
