@@ -431,6 +431,8 @@ def _find_in_container(value: Any, path: str, depth: int, seen: set[int]) -> Exc
                 if not isinstance(key, (str, int, float, bool)) and key is not None:
                     return TypeError(f"{path} has a key of type {type(key).__name__}")
                 problem = _check_text(key, path) if isinstance(key, str) else None
+                if isinstance(key, float) and not math.isfinite(key):
+                    problem = ValueError(f"{path} has a key {key}: not valid JSON")
                 problem = problem or _find_problem(item, f"{path}.{key}", depth + 1, seen)
                 if problem is not None:
                     return problem

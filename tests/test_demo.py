@@ -205,3 +205,12 @@ def test_only_a_killed_workers_in_flight_batch_may_come_twice() -> None:
     assert Outcome("s", 48, 48, 20, 0, allowed_duplicates=100).ok  # the killed one's batch
     assert not Outcome("s", 48, 48, 101, 0, allowed_duplicates=100).ok
     assert not Outcome("s", 48, 47, 0, 0, allowed_duplicates=100).ok  # a loss never is
+
+
+def test_a_killed_uwsgi_workers_replacement_has_a_row_of_its_own() -> None:
+    # uWSGI respawns a SIGKILLed worker; the table lists the 3 started, then the new one.
+    result = run_demo("--server", "uwsgi", "--requests", "60", "--workers", "3")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "kill -9 worker" in out
+    assert "(4 workers)" in out, out

@@ -533,3 +533,15 @@ def test_a_mapping_that_is_not_a_dict_is_sent_as_an_object() -> None:
 def test_a_set_of_mixed_types_is_sent_as_a_list_in_any_order() -> None:
     sent = encoded(events.build_track("A", {"mixed": {1, "a"}}, "u", None))["properties"]
     assert sorted(sent["mixed"], key=str) == [1, "a"]
+
+
+@pytest.mark.parametrize("key", [float("nan"), float("inf")])
+def test_a_non_finite_float_key_is_refused_naming_the_argument(key: float) -> None:
+    # json writes float keys as text, but refuses NaN and infinity like values (the fuzz
+    # test found the bare "Out of range float values" message, which named nothing).
+    client = KlimeClient("key", endpoint="http://127.0.0.1:9")
+    try:
+        with pytest.raises(ValueError, match=r"properties has a key (nan|inf): not valid JSON"):
+            client.track("Float Key", {key: 1}, user_id="u1")
+    finally:
+        client.shutdown()

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import weakref
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,13 @@ class FakeState:
 
     def abandon(self) -> None:
         self.abandoned = True
+
+    # The rest of forksafe.PerProcessState: a fake has nothing queued.
+    def size(self) -> int:
+        return 0
+
+    def begin_flush(self) -> Callable[[float], bool]:
+        return lambda deadline: True
 
 
 def test_value_is_built_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import fork_helpers as h
@@ -37,6 +37,13 @@ class FakeState:
 
     def abandon(self) -> None:
         self.abandoned = True
+
+    # The rest of forksafe.PerProcessState: a fake has nothing queued.
+    def size(self) -> int:
+        return 0
+
+    def begin_flush(self) -> Callable[[float], bool]:
+        return lambda deadline: True
 
 
 class Exits:
@@ -250,14 +257,18 @@ def test_a_process_multiprocessing_did_not_start_keeps_sigterms_default_action()
 
 
 SIGTERM_DURING_EXIT_FLUSH = """
-import os, signal, sys
-from klime_mp.lifecycle import forksafe
-signal.signal(signal.SIGTERM, forksafe._flush_then_terminate)
+import os, signal, sys, time
+from klime_mp.lifecycle import forksafe, sigterm
+forksafe._install_sigterm_flush()  # the handler and its watch, as in a pool worker
 # The PID whose exit flush is running: this process's own, another's, or none (0).
 forksafe._exit_flush_running = os.getpid() if sys.argv[1] == "self" else int(sys.argv[1])
 os.kill(os.getpid(), signal.SIGTERM)
 # Still alive: the flush under way is left to finish, and a second SIGTERM kills.
 print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+sys.stdout.flush()
+# The watch stands down too: it does not end the process while that flush runs.
+time.sleep(4 * sigterm.SIGTERM_GRACE_S)
+print("alive")
 sys.stdout.flush()
 os._exit(0)
 """
@@ -266,7 +277,7 @@ os._exit(0)
 @pytest.mark.parametrize(
     ("flushing", "outcome"),
     [
-        ("self", (0, ["True"])),  # its own flush is under way: let it finish
+        ("self", (0, ["True", "alive"])),  # its own flush is under way: let it finish
         ("0", (-signal.SIGTERM, [])),  # none: flush, then die of SIGTERM
         # Another PID's (a child forked during its parent's exit flush inherits that
         # PID there): not this process's flush, even when the PID is higher.
@@ -289,7 +300,7 @@ def test_sigterm_during_an_exit_flush_lets_only_this_processs_own_finish(
 KEEP_SIGTERM = """
 import json, multiprocessing, os, signal
 import klime_mp
-from klime_mp.lifecycle import forksafe
+from klime_mp.lifecycle import forksafe, sigterm
 
 def own_handler(signum, frame):
     pass
@@ -301,7 +312,7 @@ def child(conn, kind):
     client = klime_mp.KlimeClient("k", endpoint="http://127.0.0.1:9", flush_interval=60_000)
     client.track("e", user_id="u")  # builds this child's worker and exit hooks
     now = signal.getsignal(signal.SIGTERM)
-    conn.send("flush" if now is forksafe._flush_then_terminate else "kept" if now is SET[kind]
+    conn.send("flush" if now is sigterm._flush_then_terminate else "kept" if now is SET[kind]
               else repr(now))
     os._exit(0)  # nothing to send: port 9 refuses
 
@@ -403,3 +414,105 @@ def test_a_child_flushes_what_it_tracked_while_importing_the_main_module(
     )
     assert out.returncode == 0, out.stderr
     h.assert_delivered_once(collector_process, json.loads(out.stdout)["tags"])
+
+
+# -- a SIGTERM whose handler the main thread never comes back to run (issue #19) --------
+
+STUCK_MAIN = """
+import json, multiprocessing, os, signal, sys, threading, time
+from klime_mp import KlimeClient
+
+def child(held, ready):
+    client = KlimeClient("key", endpoint=os.environ["KLIME_TEST_ENDPOINT"], flush_interval=60_000)
+    client.track("Stuck", {"tag": f"stuck-{os.getpid()}"}, user_id="u")  # its own client
+    main = threading.main_thread().ident
+
+    def signal_while_main_waits():
+        # The main thread is inside the C call of the line below, without the GIL: in
+        # sem_wait. A SIGTERM taken by this thread marks the Python handler as due, and
+        # sem_wait, never interrupted, keeps the main thread from ever running it. (The
+        # kernel's choice under load, or a SIGTERM just before the wait began, does the
+        # same: see forksafe.)
+        deadline = time.monotonic() + 20
+        while sys._current_frames()[main].f_lineno != WAIT_LINE:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+
+    threading.Thread(target=signal_while_main_waits).start()
+    ready.set()
+    held.acquire()  # WAIT_LINE: as an idle pool worker waits for the task queue's lock
+    os._exit(0)
+
+WAIT_LINE = next(n for n, line in enumerate(open(__file__), 1) if line.strip().startswith("held."))
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("fork")
+    held, ready = ctx.Lock(), ctx.Event()
+    held.acquire()  # never released: only a signal ends the child's wait
+    process = ctx.Process(target=child, args=(held, ready))
+    process.start()
+    assert ready.wait(30)
+    process.join(30)
+    if process.exitcode is None:
+        process.kill()
+        process.join()
+    print(json.dumps({"exitcode": process.exitcode, "tags": [f"stuck-{process.pid}"]}))
+"""
+
+
+@pytest.mark.fork
+def test_sigterm_ends_a_child_whose_main_thread_never_comes_back_to_the_handler(
+    collector_process: CollectorProcess, tmp_path: Path
+) -> None:
+    script = tmp_path / "stuck_main.py"
+    script.write_text(STUCK_MAIN)
+    env = h.script_env(collector_process.url, tmp_path / "outcomes.jsonl")
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=90, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["exitcode"] == -signal.SIGTERM, out.stderr  # not hung (then killed: -9)
+    h.assert_delivered_once(collector_process, result["tags"])  # flushed before it died
+
+
+INHERITED = """
+import json, multiprocessing, os, signal, threading
+from klime_mp import KlimeClient
+
+def look(_):
+    default = signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    return default, sorted(t.name for t in threading.enumerate() if t.name.startswith("klime"))
+
+def parent(conn):
+    client = KlimeClient("key", endpoint="http://127.0.0.1:9", flush_interval=60_000)
+    client.track("e", user_id="u")  # this process's SIGTERM flush, watch and sender
+    mine = look(None)
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        conn.send({"parent": mine, "workers": pool.map(look, range(4), chunksize=1)})
+    os._exit(0)  # nothing to send: port 9 refuses
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("fork")
+    ours, theirs = ctx.Pipe()
+    process = ctx.Process(target=parent, args=(theirs,))
+    process.start()
+    print(json.dumps(ours.recv() if ours.poll(30) else "no answer"))
+    process.join(30)
+"""
+
+
+@pytest.mark.fork
+def test_a_pool_worker_without_a_client_keeps_sigterms_default_action(tmp_path: Path) -> None:
+    # Its parent (a multiprocessing child) has a client, and so a SIGTERM flush: the
+    # idle workers, which track nothing, must die of SIGTERM exactly as without klime_mp
+    # (an inherited Python handler could leave one blocked in the task queue's lock).
+    script = tmp_path / "inherited.py"
+    script.write_text(INHERITED)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {
+        "parent": [False, ["klime-sender", "klime-sigterm-watch"]],
+        "workers": [[True, []]] * 4,
+    }

@@ -9,6 +9,8 @@ queued events.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import fork_helpers as h
@@ -17,6 +19,7 @@ from conftest import CollectorProcess
 
 METHODS = ["fork", "forkserver", "spawn"]
 TASKS = 12
+ROUNDS = 100  # of Pool.terminate() in test_pool_terminate_always_returns_under_load
 
 
 def run(
@@ -80,3 +83,25 @@ def test_billiard_processes_flush_at_exit(
     # os._exit before any finalizer: see docs/fork-safety.md, Celery.)
     pytest.importorskip("billiard")
     run(collector_process, tmp_path, "fork", "billiard", tasks=4)
+
+
+@pytest.mark.fork
+@pytest.mark.timeout(240)
+def test_pool_terminate_always_returns_under_load(
+    collector_process: CollectorProcess, tmp_path: Path
+) -> None:
+    # Issue #19: terminate() hung now and then on a worker whose main thread waits in C
+    # for the task queue's lock when SIGTERM comes, so that its Python handler never ran.
+    # A busy neighbour makes that timing common; every terminate() must return.
+    log = tmp_path / "outcomes.jsonl"
+    env = h.script_env(collector_process.url, log)
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        result = h.run_script("pool_terminate_rounds.py", str(ROUNDS), env=env, timeout=200)
+    finally:
+        burner.kill()
+        burner.wait()
+    assert result["hangs"] == [], f"terminate() hung in rounds {result['hangs']}"
+    assert not h.errors_in(log), h.errors_in(log)
+    h.assert_delivered_once(collector_process, result["tags"])
+    assert len(result["tags"]) == 1 + (ROUNDS + 1) // 2 * 4

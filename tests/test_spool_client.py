@@ -285,7 +285,7 @@ def test_a_forked_child_writes_its_own_log_and_the_parent_keeps_its_own(
             os.kill(os.getpid(), signal.SIGKILL)
     os.waitpid(pid, 0)
     client.track("Parent", user_id="u")
-    app = next(p for p in spool.iterdir() if p.is_dir())
+    app = next(path for path in spool.iterdir() if path.is_dir())  # not its .endpoint note
     ledgers = list(app.glob("*.ledger"))  # one per log, i.e. per writing process
     assert len(ledgers) == 2  # the child never appended to the parent's log
     client.shutdown()

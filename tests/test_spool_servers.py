@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -13,6 +14,7 @@ import textwrap
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,13 +96,22 @@ def test_gunicorn_workers_sigkilled_mid_run_lose_no_event(
     assert collector_process.stats()["stored"] == 120
 
 
-def _track_then_maybe_die(args: tuple[str, str, int, bool]) -> int:
-    endpoint, spool, task, die = args
+_doomed_tracked: Any = None  # set in each pool worker by _remember (fork: inherited)
+
+
+def _remember(tracked: Any) -> None:
+    global _doomed_tracked
+    _doomed_tracked = tracked
+
+
+def _track_then_maybe_hang(args: tuple[str, str, int, bool]) -> int:
+    endpoint, spool, task, doomed = args
     client = KlimeClient("key", endpoint, spool_dir=spool, flush_interval=60_000)
     for n in range(10):
         client.track("Task", {"task": task, "n": n}, user_id="u")
-    if die:
-        os.kill(os.getpid(), signal.SIGKILL)
+    if doomed:  # all ten on disk: say so, with this worker's PID, and wait for SIGKILL
+        _doomed_tracked.put(os.getpid())
+        time.sleep(60)
     return task
 
 
@@ -111,11 +122,23 @@ def test_a_pool_worker_sigkilled_mid_task_loses_no_event(
 ) -> None:
     spool = str(tmp_path / "spool")
     context = multiprocessing.get_context("fork")
-    pool = context.Pool(2)
+    tracked = context.SimpleQueue()
+    pool = context.Pool(2, _remember, (tracked,))
     try:
-        doomed = pool.apply_async(_track_then_maybe_die, ((collector_process.url, spool, 0, True),))
+        doomed = pool.apply_async(
+            _track_then_maybe_hang, ((collector_process.url, spool, 0, True),)
+        )
+        # The SIGKILL lands mid-task, after all ten were tracked (not before some of them:
+        # a terminate() that came first would end the task early and skip the rest).
+        pid = tracked.get()
+        dead = os.pidfd_open(pid)  # opened while it still runs: no PID reuse can fool it
+        try:
+            signal.pidfd_send_signal(dead, signal.SIGKILL)
+            assert select.select([dead], [], [], 30)[0], "the doomed worker never died"
+        finally:
+            os.close(dead)
         survivors = pool.map(
-            _track_then_maybe_die, [(collector_process.url, spool, t, False) for t in range(1, 5)]
+            _track_then_maybe_hang, [(collector_process.url, spool, t, False) for t in range(1, 5)]
         )
         assert survivors == [1, 2, 3, 4]
         assert not doomed.ready()  # its worker died with it: the pool never hears back

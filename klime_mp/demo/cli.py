@@ -17,7 +17,7 @@ from klime_mp.collector import Collector
 from . import launchers
 from .load import LoadResult, Progress, drive
 from .report import Outcome, outcome_of, report, summary, tally
-from .server import HOST, WRITE_KEY, DemoError, server_env
+from .server import HOST, WRITE_KEY, DemoError, server_env, wait_for_workers
 
 MAX_REQUESTS = 100_000
 DESCRIPTION = """\
@@ -117,6 +117,10 @@ def _run_one(
             if args.kill and total >= 2:
                 first = drive(server.url, total // 2, args.concurrency, progress)
                 killed = _kill_a_worker(first, server.worker_pids())
+                if killed is not None:  # its replacement serves the second half too
+                    workers |= wait_for_workers(
+                        lambda: server.worker_pids() - {killed}, args.workers
+                    )
                 rest = drive(
                     server.url,
                     total - total // 2,

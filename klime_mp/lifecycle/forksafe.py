@@ -31,14 +31,14 @@ import logging
 import multiprocessing
 import multiprocessing.util
 import os
-import signal
 import threading
 import time
 import weakref
-from types import FrameType
 from typing import Any, Callable, Generic, Protocol, TypeVar, cast
 
+from klime_mp.lifecycle import sigterm
 from klime_mp.lifecycle.gevent_resolver import prepare_exit_send
+from klime_mp.lifecycle.sigterm import SIGTERM_GRACE_S
 from klime_mp.options import DEFAULT_FLUSH_TIMEOUT_S
 
 logger = logging.getLogger(__name__)
@@ -60,8 +60,6 @@ class PerProcessState(Protocol):
 T = TypeVar("T", bound=PerProcessState)
 
 DEFAULT_EXIT_TIMEOUT_S = 5.0
-# Added to the clients' own shutdown timeouts before a SIGTERM flush is cut short.
-SIGTERM_GRACE_S = 0.5
 
 _live: weakref.WeakSet[ProcessLocal[Any]] = weakref.WeakSet()
 # Those with a value in this process, held strongly: a client dropped by its code (a
@@ -197,6 +195,7 @@ def _after_fork_in_child() -> None:
     _owned.clear()  # the parent's to keep; this process owns nothing yet
     for local in list(_live):
         local._forget_after_fork()
+    sigterm.drop_in_child()
 
 
 def _flush_at_exit(budget: float | None = None) -> None:
@@ -320,40 +319,18 @@ _anchor = _Anchor()
 
 
 def _install_sigterm_flush() -> None:
-    """Flush on SIGTERM in a multiprocessing child, then die of SIGTERM as before.
-
-    Why: ``Pool.terminate()``, which ``with Pool() as p`` calls on leaving the block,
-    SIGTERMs workers that are idle but may still hold queued events; with the default
-    action they vanish with them. Only where SIGTERM still has its default action (a
-    handler someone installed is theirs to keep) and only from the main thread (the
-    only one that may set handlers)."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    try:
-        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, _flush_then_terminate)
-    except (ValueError, OSError):  # no signals here (an embedded interpreter)
-        return
+    sigterm.install(_flush_at_exit, _sigterm_budget, _exit_flush_running_here)
 
 
-def _flush_then_terminate(signum: int, frame: FrameType | None) -> None:
-    # The handler interrupts the main thread anywhere, possibly while it holds a worker
-    # lock: flush from a helper thread and wait a bounded time, so the process still
-    # dies promptly even then. A second SIGTERM kills at once (default action restored).
-    signal.signal(signum, signal.SIG_DFL)
-    if _exit_flush_running == getpid():
-        # It interrupted the exit flush itself: a pool worker that got its sentinel is
-        # leaving already when terminate() signals it. Let that bounded flush finish.
-        return
-    limit = SIGTERM_GRACE_S + sum(
+def _sigterm_budget() -> float:
+    # Every client's own shutdown_timeout, plus a little for the flush to report.
+    return SIGTERM_GRACE_S + sum(
         local.exit_timeout for local in list(_live) if local.peek() is not None
     )
-    try:
-        flusher = threading.Thread(target=_flush_at_exit, name="klime-sigterm", daemon=True)
-        flusher.start()
-        flusher.join(limit)
-    finally:
-        signal.raise_signal(signum)
+
+
+def _exit_flush_running_here() -> bool:
+    return _exit_flush_running == getpid()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
