@@ -57,6 +57,7 @@ class KlimeClient:
         sync_mode: bool = False,
         spool_dir: str | os.PathLike[str] | None = None,
         spool_max_bytes: int | None = None,
+        spool_fsync_interval: float | None = None,
     ) -> None:
         self._options = build_options(
             write_key,
@@ -76,6 +77,7 @@ class KlimeClient:
             sync_mode=sync_mode,
             spool_dir=spool_dir,
             spool_max_bytes=spool_max_bytes,
+            spool_fsync_interval=spool_fsync_interval,
         )
         # partial, not a lambda over self: the registry must not keep the client alive.
         self._worker: ProcessLocal[Worker] = ProcessLocal(

@@ -69,6 +69,7 @@ class Options:
     sync_mode: bool
     spool_dir: str | None = None
     spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
+    spool_fsync_interval: float | None = None  # seconds; None: no fsync (see docs/spool.md)
 
     def __repr__(self) -> str:
         # The write key is a credential: it never appears in reprs, logs or errors.
@@ -98,6 +99,7 @@ def build_options(
     sync_mode: bool = False,
     spool_dir: str | os.PathLike[str] | None = None,
     spool_max_bytes: int | None = None,
+    spool_fsync_interval: float | None = None,
 ) -> Options:
     """Validate the constructor arguments; ``None`` means the official default."""
     batch = _positive_int("max_batch_size", max_batch_size, DEFAULT_MAX_BATCH_SIZE)
@@ -137,6 +139,7 @@ def build_options(
         sync_mode=_bool("sync_mode", sync_mode, False),
         spool_dir=_spool_dir(spool_dir),
         spool_max_bytes=_spool_max_bytes(spool_max_bytes),
+        spool_fsync_interval=_spool_fsync_interval(spool_fsync_interval),
     )
 
 
@@ -199,6 +202,18 @@ def _spool_max_bytes(value: int | None) -> int:
             f"spool_max_bytes must be at least {MIN_SPOOL_MAX_BYTES} (1 MiB), got {size}"
         )
     return size
+
+
+def _spool_fsync_interval(value: float | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"spool_fsync_interval must be a number of seconds or None, got {type(value).__name__}"
+        )
+    if not 0 < value < float("inf"):
+        raise ValueError(f"spool_fsync_interval must be a positive number of seconds, got {value}")
+    return float(value)
 
 
 def _is_cleartext_remote(url: str) -> bool:

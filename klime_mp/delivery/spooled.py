@@ -8,6 +8,7 @@ The files themselves (framing, segments, ownership locks, claiming) are ``spool`
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -63,6 +64,7 @@ class Spool:
         self._down: str | None = None  # the cause of the current episode, if any
         self._retry_at = 0.0
         self._check_at = time.monotonic() + CHECK_INTERVAL_S
+        self._stop_syncing = threading.Event()  # replaced by a running one, if syncing
 
     @classmethod
     def open(cls, options: Options, ledger: Ledger) -> Spool | None:
@@ -87,7 +89,36 @@ class Spool:
             opened._log = open_log()
         except spool.SpoolUnavailable as exc:
             opened._fail(f"the directory {options.spool_dir} is unusable: {exc}")
+        if options.spool_fsync_interval is not None:
+            opened._start_syncing(options.spool_fsync_interval)
         return opened
+
+    # -- power loss (spool_fsync_interval) -----------------------------------------------
+
+    def _start_syncing(self, interval: float) -> None:
+        """Force the log to disk every ``interval`` seconds from a thread of its own: not
+        on a caller's thread (a disk flush costs milliseconds), and not the sender's, which
+        an outage holds in its backoff exactly when events pile up on disk."""
+        self._stop_syncing = threading.Event()
+        thread = threading.Thread(
+            target=self._sync_every, args=(interval,), name="klime-spool-sync", daemon=True
+        )
+        thread.start()
+
+    def _sync_every(self, interval: float) -> None:
+        stop, warned = self._stop_syncing, False
+        while not stop.wait(interval):
+            log = self._log
+            if log is None:
+                continue
+            try:
+                log.sync()
+            except ValueError:  # closed meanwhile
+                return
+            except OSError as exc:
+                if not warned:  # once: a failing disk is an episode said by append
+                    _logger.warning("Klime: the spool could not be forced to disk: %s", exc)
+                warned = True
 
     # -- the caller's side (under the worker's lock) -------------------------------------
 
@@ -248,9 +279,11 @@ class Spool:
             settle(batch, delivery)
 
     def close(self) -> None:
+        self._stop_syncing.set()
         for log in self._logs():
             log.close()
 
     def abandon(self) -> None:
+        # In a forked child: the parent's sync thread did not come along; no new one starts.
         for log in self._logs():
             log.abandon()

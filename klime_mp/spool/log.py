@@ -24,11 +24,8 @@ Durability: one ``write`` per event, no ``fsync`` (``EventLog.sync()`` forces it
 chosen points). A record torn by a kill mid-write fails its checksum: skipped, and counted
 in events by the gap in the sequence numbers (``spool.sequence``).
 
-Modules: formats in ``spool.format``; naming, the registry, locking and reading in
-``spool.files``; creating files in ``spool.create``; dead processes' logs in
-``spool.orphans``; the size limit (undelivered bytes of the app directory, checked every
-``CHECK_EVERY_BYTES``) in ``spool.limit``; the newest records kept in memory for a sender
-keeping up in ``spool.unread``; ``status`` in ``spool.status``.
+Modules: ``format``, ``files`` (naming, locks, reading), ``create``, ``orphans``, ``limit``
+(undelivered bytes, checked every ``CHECK_EVERY_BYTES``), ``unread``, ``sequence``, ``status``.
 """
 
 from __future__ import annotations
@@ -212,13 +209,24 @@ class EventLog(Log):
         return False
 
     def sync(self) -> None:
-        """Force what was appended to the disk (``fdatasync``): for callers that want it to
-        survive a power loss at a chosen point, e.g. an explicit flush. Costs a disk flush."""
+        """Force the records appended so far to the disk (``fdatasync`` of the segments, and
+        ``fsync`` of the directory for new files), outside ``_lock`` on duplicated
+        descriptors so appends never wait on the disk. Not the ledger: closing a duplicate
+        would drop its lock, and a stale one only resends what was delivered."""
         with self._lock:
             self._check_open()
-            for segment in self._segments:  # a roll since the last sync left older ones
-                os.fdatasync(segment.fd)
-            os.fdatasync(self._ledger_fd)
+            fds = [os.dup(segment.fd) for segment in self._segments]
+        try:
+            for fd in fds:
+                os.fdatasync(fd)
+            directory = os.open(self._app_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def close(self) -> None:
         """Delete the files if everything was acknowledged, else leave them (unlocked) to a
