@@ -16,12 +16,13 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Optional
 
-from klime_mp import events, host_hooks
+from klime_mp import before_send, events, host_hooks
 from klime_mp.delivery.worker import OVERSIZED, Stats, Worker
-from klime_mp.errors import EventTooLargeError, SendError
+from klime_mp.errors import BeforeSendError, EventTooLargeError, SendError
 from klime_mp.lifecycle import forksafe
 from klime_mp.lifecycle.forksafe import ProcessLocal
-from klime_mp.options import ErrorCallback, Options, SuccessCallback, build_options
+from klime_mp.metrics import register as register_metrics
+from klime_mp.options import BeforeSend, ErrorCallback, Options, SuccessCallback, build_options
 from klime_mp.responses import BatchResponse
 from klime_mp.timestamps import Timestamp, to_wire
 
@@ -57,6 +58,11 @@ class KlimeClient:
         sync_mode: bool = False,
         spool_dir: str | os.PathLike[str] | None = None,
         spool_max_bytes: int | None = None,
+        debug: bool | None = None,
+        metrics: bool = True,
+        stall_warning: float = 300.0,
+        before_send: BeforeSend | None = None,
+        compression: str | None = None,
         spool_fsync_interval: float | None = None,
     ) -> None:
         self._options = build_options(
@@ -77,14 +83,27 @@ class KlimeClient:
             sync_mode=sync_mode,
             spool_dir=spool_dir,
             spool_max_bytes=spool_max_bytes,
+            debug=debug,
+            metrics=metrics,
+            stall_warning=stall_warning,
+            before_send=before_send,
+            compression=compression,
             spool_fsync_interval=spool_fsync_interval,
         )
+        if self._options.metrics:  # the instruments, once; read at collection time
+            register_metrics()
         # partial, not a lambda over self: the registry must not keep the client alive.
         self._worker: ProcessLocal[Worker] = ProcessLocal(
             functools.partial(Worker, self._options),
             functools.partial(_exit_flush, self._options),
             exit_timeout=self._options.shutdown_timeout,
         )
+        if self._options.before_send is not None:
+            # Only a client with a hook pays for it: its queued calls go through the
+            # hook on their way to the queue. The class's _enqueue, which every other
+            # client uses, has no check for it. (The bound method makes a reference
+            # cycle; the garbage collector frees it.)
+            self._enqueue = self._enqueue_screened  # type: ignore[method-assign]  # see above
 
     @property
     def options(self) -> Options:
@@ -104,17 +123,23 @@ class KlimeClient:
         group_id: events.Id | None = None,
         *,
         timestamp: Timestamp | None = None,
+        message_id: str | None = None,
     ) -> None:
         """Queue a track event; needs ``user_id`` or ``group_id`` (or both)."""
         stamp = None if timestamp is None else to_wire(timestamp)
-        self._enqueue(events.encode_track(event, properties, user_id, group_id, stamp))
+        self._enqueue(events.encode_track(event, properties, user_id, group_id, stamp, message_id))
 
     def identify(
-        self, user_id: events.Id, traits: Properties = None, *, timestamp: Timestamp | None = None
+        self,
+        user_id: events.Id,
+        traits: Properties = None,
+        *,
+        timestamp: Timestamp | None = None,
+        message_id: str | None = None,
     ) -> None:
         """Queue an identify event for ``user_id``."""
         stamp = None if timestamp is None else to_wire(timestamp)
-        self._enqueue(events.encode_identify(user_id, traits, stamp))
+        self._enqueue(events.encode_identify(user_id, traits, stamp, message_id))
 
     def group(
         self,
@@ -123,10 +148,11 @@ class KlimeClient:
         user_id: events.Id | None = None,
         *,
         timestamp: Timestamp | None = None,
+        message_id: str | None = None,
     ) -> None:
         """Queue a group event; with ``user_id`` it also links the user to the group."""
         stamp = None if timestamp is None else to_wire(timestamp)
-        self._enqueue(events.encode_group(group_id, traits, user_id, stamp))
+        self._enqueue(events.encode_group(group_id, traits, user_id, stamp, message_id))
 
     # -- synchronous: send now, return the server's answer or raise SendError -------------
 
@@ -138,15 +164,22 @@ class KlimeClient:
         group_id: events.Id | None = None,
         *,
         timestamp: Timestamp | None = None,
+        message_id: str | None = None,
     ) -> BatchResponse:
         stamp = None if timestamp is None else to_wire(timestamp)
-        return self._send_now(events.build_track(event, properties, user_id, group_id, stamp))
+        body = events.build_track(event, properties, user_id, group_id, stamp, message_id)
+        return self._send_now(body)
 
     def identify_sync(
-        self, user_id: events.Id, traits: Properties = None, *, timestamp: Timestamp | None = None
+        self,
+        user_id: events.Id,
+        traits: Properties = None,
+        *,
+        timestamp: Timestamp | None = None,
+        message_id: str | None = None,
     ) -> BatchResponse:
         stamp = None if timestamp is None else to_wire(timestamp)
-        return self._send_now(events.build_identify(user_id, traits, stamp))
+        return self._send_now(events.build_identify(user_id, traits, stamp, message_id))
 
     def group_sync(
         self,
@@ -155,9 +188,10 @@ class KlimeClient:
         user_id: events.Id | None = None,
         *,
         timestamp: Timestamp | None = None,
+        message_id: str | None = None,
     ) -> BatchResponse:
         stamp = None if timestamp is None else to_wire(timestamp)
-        return self._send_now(events.build_group(group_id, traits, user_id, stamp))
+        return self._send_now(events.build_group(group_id, traits, user_id, stamp, message_id))
 
     # -- delivery control ---------------------------------------------------------------
 
@@ -229,8 +263,39 @@ class KlimeClient:
         if forksafe.exit_flushed_pid:  # only once the process is exiting
             self._worker.exit_if_late()
 
+    def _enqueue_screened(self, data: bytes) -> None:
+        """``_enqueue`` of a client with before_send (set in __init__)."""
+        try:
+            kept = self._screen(data)
+        except BeforeSendError:
+            return  # reported by _screen; the hook's failure never fails the caller
+        if kept is not None:
+            KlimeClient._enqueue(self, kept)
+
+    def _screen(self, data: bytes) -> bytes | None:
+        """The event as before_send left it; None when it was dropped (counted). A hook
+        that fails drops the event too: counted, logged and reported to on_error."""
+        hook = self._options.before_send
+        assert hook is not None  # only called for a client with one
+        try:
+            kept = before_send.screen(hook, data)
+        except BeforeSendError as error:
+            self._worker.get().refuse(before_send.FAILED, error, [json.loads(data)])
+            raise
+        if kept is None:
+            self._worker.get().filtered(before_send.FILTERED)
+        return kept
+
     def _send_now(self, body: dict[str, Any]) -> BatchResponse:
         data = events.serialize(body)
+        if self._options.before_send is not None:
+            try:
+                kept = self._screen(data)
+            except BeforeSendError as error:
+                raise SendError(str(error), [json.loads(data)]) from error
+            if kept is None:
+                return BatchResponse(status="dropped", accepted=0, failed=0)
+            data = kept
         events.check_size(data)  # EventTooLargeError is a ValueError: raised to the caller
         return self._worker.get().send_now(data)
 

@@ -62,12 +62,26 @@ def track(
     group_id: Id | None = None,
     *,
     timestamp: Timestamp | None = None,
+    message_id: str | None = None,
 ) -> None:
-    get_client().track(event, properties, user_id=user_id, group_id=group_id, timestamp=timestamp)
+    get_client().track(
+        event,
+        properties,
+        user_id=user_id,
+        group_id=group_id,
+        timestamp=timestamp,
+        message_id=message_id,
+    )
 
 
-def identify(user_id: Id, traits: Properties = None, *, timestamp: Timestamp | None = None) -> None:
-    get_client().identify(user_id, traits, timestamp=timestamp)
+def identify(
+    user_id: Id,
+    traits: Properties = None,
+    *,
+    timestamp: Timestamp | None = None,
+    message_id: str | None = None,
+) -> None:
+    get_client().identify(user_id, traits, timestamp=timestamp, message_id=message_id)
 
 
 def group(
@@ -76,8 +90,11 @@ def group(
     user_id: Id | None = None,
     *,
     timestamp: Timestamp | None = None,
+    message_id: str | None = None,
 ) -> None:
-    get_client().group(group_id, traits, user_id=user_id, timestamp=timestamp)
+    get_client().group(
+        group_id, traits, user_id=user_id, timestamp=timestamp, message_id=message_id
+    )
 
 
 def flush(timeout: float | None = None) -> bool:

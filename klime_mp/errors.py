@@ -82,3 +82,9 @@ class HeaderError(KlimeError, ValueError):
 
 class ImportStopped(KlimeError):
     """An import stopped sending: the server is unreachable or refuses every batch."""
+
+
+class BeforeSendError(KlimeError):
+    """``before_send`` raised, or returned something that cannot be sent: the event is
+    dropped (failing closed: the hook may be what keeps personal data out). The hook's
+    own exception, if any, is the ``__cause__``."""

@@ -9,6 +9,8 @@ finalizers run, but announce it first through a hook of their own:
 * Celery's prefork children (billiard) leave through ``os._exit`` inside the process
   target, so billiard never reaches the finalizers; Celery sends
   ``worker_process_shutdown`` in the child just before. ``klime_mp.celery`` connects it.
+* uvicorn's workers die of the signal they were stopped with, after the server's
+  graceful shutdown; ``klime_mp.asgi_servers`` sends what is queued at its end.
 
 Set up from above, like sentry-python's integrations: the client module registers
 ``install_for_process`` with the fork registry (which runs it on a client's first use
@@ -41,5 +43,9 @@ def install_for_process(pid: int) -> None:
             from klime_mp import celery
 
             celery.connect()
+        if "uvicorn" in sys.modules:
+            from klime_mp import asgi_servers
+
+            asgi_servers.hook_uvicorn()
     except Exception:  # a host's oddity must not fail the caller's track()
         logger.warning("Klime: could not hook the host's exit path", exc_info=True)

@@ -10,7 +10,7 @@ import ipaddress
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
 
 from klime_mp.wire import BATCH_PATH, MAX_BATCH_SIZE
@@ -40,12 +40,21 @@ DEFAULT_FLUSH_TIMEOUT_S = 10.0  # flush() and a process-wide flush given no time
 # because a request's worker waits for it; what is not sent by then stays queued.
 REQUEST_FLUSH_TIMEOUT_S = 5.0
 
+# Events waiting this long with no batch delivered get one warning (per stall).
+DEFAULT_STALL_WARNING_S = 300.0
+
 WRITE_KEY_ENV = "KLIME_WRITE_KEY"
+DEBUG_ENV = "KLIME_DEBUG"  # "1": log every request (debug=True)
 ENDPOINT_ENV = "KLIME_ENDPOINT"
 SPOOL_DIR_ENV = "KLIME_SPOOL_DIR"
 
 ErrorCallback = Callable[[BaseException, "list[dict[str, Any]]"], Any]
 SuccessCallback = Callable[[Any], Any]
+# An event as a dict in, the dict to send (possibly changed) or None to drop it out.
+BeforeSend = Callable[[dict[str, Any]], Optional[dict[str, Any]]]
+# Request body encodings (Content-Encoding). Off by default: the Klime API does not
+# document compressed bodies, so only turn it on for a server known to accept them.
+COMPRESSIONS = ("gzip",)
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,11 @@ class Options:
     sync_mode: bool
     spool_dir: str | None = None
     spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
+    debug: bool = False  # log each request at DEBUG: status, events, bytes, milliseconds
+    metrics: bool = True  # OpenTelemetry instruments, when opentelemetry-api is installed
+    stall_warning: float = DEFAULT_STALL_WARNING_S
+    before_send: BeforeSend | None = None
+    compression: str | None = None
     spool_fsync_interval: float | None = None  # seconds; None: no fsync (see docs/spool.md)
 
     def __repr__(self) -> str:
@@ -76,7 +90,8 @@ class Options:
         return (
             f"Options(endpoint={self.endpoint!r}, flush_interval={self.flush_interval}, "
             f"max_batch_size={self.max_batch_size}, max_queue_size={self.max_queue_size}, "
-            f"send={self.send}, sync_mode={self.sync_mode}, spool_dir={self.spool_dir!r})"
+            f"send={self.send}, sync_mode={self.sync_mode}, spool_dir={self.spool_dir!r}, "
+            f"compression={self.compression!r})"
         )
 
 
@@ -99,6 +114,11 @@ def build_options(
     sync_mode: bool = False,
     spool_dir: str | os.PathLike[str] | None = None,
     spool_max_bytes: int | None = None,
+    debug: bool | None = None,
+    metrics: bool = True,
+    stall_warning: float = DEFAULT_STALL_WARNING_S,
+    before_send: BeforeSend | None = None,
+    compression: str | None = None,
     spool_fsync_interval: float | None = None,
 ) -> Options:
     """Validate the constructor arguments; ``None`` means the official default."""
@@ -139,6 +159,11 @@ def build_options(
         sync_mode=_bool("sync_mode", sync_mode, False),
         spool_dir=_spool_dir(spool_dir),
         spool_max_bytes=_spool_max_bytes(spool_max_bytes),
+        debug=_bool("debug", debug, os.environ.get(DEBUG_ENV, "") in ("1", "true")),
+        metrics=_bool("metrics", metrics, True),
+        stall_warning=_positive_number("stall_warning", stall_warning, DEFAULT_STALL_WARNING_S),
+        before_send=_callback("before_send", before_send),
+        compression=_compression(compression),
         spool_fsync_interval=_spool_fsync_interval(spool_fsync_interval),
     )
 
@@ -202,6 +227,16 @@ def _spool_max_bytes(value: int | None) -> int:
             f"spool_max_bytes must be at least {MIN_SPOOL_MAX_BYTES} (1 MiB), got {size}"
         )
     return size
+
+
+def _compression(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"compression must be a string or None, got {type(value).__name__}")
+    if value not in COMPRESSIONS:
+        raise ValueError(f"compression must be None or 'gzip', got {value!r}")
+    return value
 
 
 def _spool_fsync_interval(value: float | None) -> float | None:

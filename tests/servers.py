@@ -87,6 +87,14 @@ class Servers:
             env=env,
         )
 
+    def hypercorn(self, workers: int, env: dict[str, str] | None = None) -> ServerProcess:
+        """``hypercorn --workers N`` serving tests/apps/asgi_app.py."""
+        argv = [sys.executable, "-m", "hypercorn", "--workers", str(workers), "asgi_app:app"]
+        return self._start(
+            lambda port: [*argv[:3], "--bind", f"{HOST}:{port}", *argv[3:]],
+            env={"PYTHONPATH": str(APPS), **(env or {})},
+        )
+
     def uwsgi(
         self,
         *options: str,

@@ -183,7 +183,10 @@ def test_shutdown_with_the_server_down_is_bounded_and_reports_the_rest() -> None
     stats = client.stats()
     in_flight = 300 - reported  # a batch still waiting on the silent server, if any
     assert in_flight <= client.options.max_batch_size
-    assert stats.dropped.get("shutdown_timeout", 0) == reported
+    # The batch whose request was out, unanswered, is counted apart: it may have arrived.
+    given_up = stats.dropped.get("shutdown_timeout", 0) + stats.dropped.get("answer_unknown", 0)
+    assert given_up == reported
+    assert stats.dropped.get("answer_unknown", 0) <= client.options.max_batch_size
 
 
 def test_shutdown_is_idempotent_and_later_events_are_counted(collector: Collector) -> None:

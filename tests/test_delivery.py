@@ -122,7 +122,9 @@ def test_the_shutdown_deadline_gives_up_with_the_last_status(server: ScriptedSer
     delivery = send(server, Reply(503), deadline=deadline, retry_initial_delay=60_000)
     assert len(server.received) == 1
     assert isinstance(delivery.error, DeliveryError)
-    assert str(delivery.error) == "gave up: the shutdown deadline"
+    assert str(delivery.error) == (
+        f"gave up at the shutdown deadline; last error: HTTP 503 from {server.url}/v1/batch"
+    )
     assert (delivery.error.reason, delivery.error.status) == ("shutdown_timeout", 503)
     assert delivery.retries == 0
 

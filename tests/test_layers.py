@@ -14,16 +14,19 @@ PACKAGE = Path(__file__).resolve().parent.parent / "klime_mp"
 
 # Lowest first. A folder stands for every module in it; a top-level module for itself.
 LAYERS: list[set[str]] = [
-    {"_version", "errors", "wire", "options", "timestamps", "message_ids", "responses", "events"},
+    {"_version", "errors", "wire", "options", "timestamps", "message_ids", "responses", "events"}
+    | {"values", "before_send"},
     {"spool", "lifecycle", "collector"},  # storage, the fork registry, the local server
     {"delivery"},  # the per-process sender
+    {"metrics"},  # OpenTelemetry instruments read from the delivery layer's counts
     {"importer"},
-    {"uwsgi", "celery", "gunicorn_conf"},  # host integrations the lifecycle never imports
+    # host integrations the lifecycle never imports
+    {"uwsgi", "celery", "gunicorn_conf", "asgi_servers"},
     {"host_hooks"},  # finds the running host and installs its integration
     {"client"},
     {"default"},
     {"wsgi", "asgi"},
-    {"cli", "demo"},
+    {"cli", "demo", "testing"},  # testing: the pytest plugin
     {"__main__", "__init__"},
     {"demo.example_app"},  # the demo's app: a user's app, shipped inside the package
 ]

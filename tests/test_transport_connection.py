@@ -32,7 +32,8 @@ import urllib3
 from conftest import CollectorProcess
 
 from klime_mp.delivery.deliverer import Deliverer
-from klime_mp.delivery.transport import Attempt, Transport, _chain, _Proxy, _proxy_for, ca_bundle
+from klime_mp.delivery.failures import chain_of as _chain
+from klime_mp.delivery.transport import Attempt, Transport, _Proxy, _proxy_for, ca_bundle
 from klime_mp.options import build_options
 
 KEY = "sk_key_1234"
@@ -488,6 +489,8 @@ def test_tls_refuses_a_certificate_it_cannot_verify(
     assert failed.status is None and failed.error is not None
     assert failed.error.startswith("SSLError (")
     assert "CERTIFICATE_VERIFY_FAILED" in failed.error
+    port = tls_server.url.rsplit(":", 1)[1]
+    assert (failed.cause or "").startswith(f"TLS: certificate verify failed for 127.0.0.1:{port}")
     assert tls_server.seen == []
 
 

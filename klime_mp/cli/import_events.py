@@ -8,6 +8,7 @@ the server or not sent, 2 for usage and I/O errors, 130 after Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import tempfile
 import time
@@ -15,7 +16,7 @@ from typing import IO, Callable, TextIO
 
 from klime_mp.errors import HeaderError, ImportStopped
 from klime_mp.importer import engine as importer
-from klime_mp.options import Options, build_options
+from klime_mp.options import BeforeSend, Options, build_options
 from klime_mp.wire import MAX_BATCH_SIZE
 
 DESCRIPTION = """\
@@ -71,6 +72,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help=f"progress interval (default: {TTY_EVERY_S} on a terminal, else {PLAIN_EVERY_S:g})",
     )
+    parser.add_argument(
+        "--before-send",
+        metavar="MODULE:FUNCTION",
+        help="pass every event (a dict) through FUNCTION, as the client's before_send: "
+        "it returns the event to send, changed or not, or None to skip it",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -88,6 +95,10 @@ def run(args: argparse.Namespace) -> int:
             )
         except (ValueError, TypeError) as exc:
             return _usage(str(exc))
+    try:
+        before_send = load_hook(args.before_send)
+    except (ValueError, ImportError, AttributeError) as exc:
+        return _usage(f"--before-send: {exc}")
     fmt = args.format or ("csv" if args.file.lower().endswith(".csv") else "jsonl")
     name = "<stdin>" if args.file == "-" else args.file
     try:
@@ -100,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         with source, tempfile.TemporaryDirectory(prefix="klime-import-") as directory:
             work = importer.ImportWork(directory)
             try:
-                return _import(args, source, fmt, name, work, options, status, counts)
+                return _import(args, source, fmt, name, work, options, status, counts, before_send)
             finally:
                 work.close()
     except HeaderError as exc:
@@ -127,11 +138,13 @@ def _import(
     options: Options | None,
     status: Status,
     counts: importer.Counts,
+    before_send: BeforeSend | None,
 ) -> int:
     def report(line: int, reason: str) -> None:
         status.line(f"{name}:{line}: {reason}")
 
-    importer.validate(importer.parsed_lines(source, fmt), work, report, status.checked, counts)
+    lines = importer.parsed_lines(source, fmt)
+    importer.validate(lines, work, report, status.checked, counts, before_send)
     status.done()
     if args.check or (args.strict and counts.invalid):
         print_summary(counts, sys.stdout)
@@ -161,6 +174,8 @@ def print_summary(counts: importer.Counts, out: TextIO) -> None:
         ("invalid", counts.invalid),
         ("duplicates skipped", counts.duplicates),
     ]
+    if counts.filtered:
+        rows.append(("skipped by hook", counts.filtered))
     if counts.started:
         rows += [("sent", counts.sent), ("rejected", counts.rejected), ("not sent", counts.unsent)]
     for label, value in rows:
@@ -226,6 +241,22 @@ class Status:
         if self._drawn:
             self._stream.write("\r\x1b[K")
             self._drawn = False
+
+
+def load_hook(spec: str | None) -> BeforeSend | None:
+    """``package.module:function`` as a callable (the module imported from sys.path,
+    the current directory first, as ``python -m`` would)."""
+    if spec is None:
+        return None
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"expected MODULE:FUNCTION, got {spec!r}")
+    if "" not in sys.path:
+        sys.path.insert(0, "")
+    hook = getattr(importlib.import_module(module_name), attribute)
+    if not callable(hook):
+        raise ValueError(f"{spec} is a {type(hook).__name__}, not a function")
+    return hook  # type: ignore[no-any-return]  # callable(): its signature is the user's promise
 
 
 def _duration(seconds: float) -> str:

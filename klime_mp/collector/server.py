@@ -14,6 +14,7 @@ import socket
 import socketserver
 import threading
 import time
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,6 +29,27 @@ IDLE_TIMEOUT_SECONDS = 30.0
 SINK_REPLY = Reply(200, b"{}")
 RUNS_PATH = "/v1/runs"
 MAX_RUNS_BODY_BYTES = 4096
+
+
+def decoded_body(encoding: str | None, body: bytes) -> tuple[bytes, tuple[int, str] | None]:
+    """The body without its Content-Encoding (none, or gzip as the SDKs' compression
+    option sends it), or the (status, message) to refuse it with. The 10 MB limit holds
+    for what it inflates to, so a small bomb cannot fill memory."""
+    name = (encoding or "identity").strip().lower()
+    if name == "identity":
+        return body, None
+    if name != "gzip":
+        return b"", (415, f"Content-Encoding {name!r} is not supported; send gzip or none")
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        data = inflate.decompress(body, MAX_BODY_BYTES + 1)
+    except zlib.error as exc:
+        return b"", (400, f"the gzip body cannot be decompressed: {exc}")
+    if len(data) > MAX_BODY_BYTES:
+        return b"", (413, f"body over {MAX_BODY_BYTES} bytes once decompressed")
+    if not inflate.eof or inflate.unused_data:
+        return b"", (400, "the gzip body is truncated or has data after its end")
+    return data, None
 
 
 class CollectorRequestHandler(BaseHTTPRequestHandler):
@@ -72,6 +94,10 @@ class CollectorRequestHandler(BaseHTTPRequestHandler):
         body = self.rfile.read(length)
         if len(body) < length:  # the client went away mid-body
             self.close_connection = True
+            return
+        body, refusal = decoded_body(self.headers.get("Content-Encoding"), body)
+        if refusal is not None:  # the body was read in full: the connection stays usable
+            self._reply(app.refuse_batch(*refusal))
             return
         if app.sink:
             # Answered before it is decoded: the client's next batch overlaps the count,

@@ -12,6 +12,7 @@ out.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ DROP_WARNING_INTERVAL_S = 1.0
 # kept (the report says how many are not attached), so a long overflow cannot grow
 # memory without bound.
 MAX_PARKED_EVENTS = 1_000
+# deliverer.ANSWER_UNKNOWN (which imports this module): sent, but no answer came back.
+UNCONFIRMED = "answer_unknown"
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,9 @@ class Stats:
     dropped: dict[str, int] = field(default_factory=dict)  # every lost event, by reason
     recovered: int = 0  # events of dead processes claimed from the spool and sent
     resent: int = 0  # of those, events the dead process had sent too (may be duplicates)
+    failed_requests: int = 0  # HTTP attempts that failed (no answer, or not a 200), live
+    last_success_at: float | None = None  # time.time() when the server last took a batch
+    last_error: str | None = None  # the last failed attempt's cause, in plain words
     spool_failures: int = 0  # times the spool stopped working (full, read-only, removed)
 
 
@@ -51,7 +57,9 @@ class Ledger:
         self._log = options.logger
         self._lock = threading.Lock()
         self._counts = {"sent": 0, "failed": 0, "retries": 0, "batches": 0}
-        self._counts.update(recovered=0, resent=0, spool_failures=0)
+        self._counts.update(recovered=0, resent=0, failed_requests=0, spool_failures=0)
+        self._last_success_at: float | None = None
+        self._last_error: str | None = None
         self._dropped: dict[str, int] = {}
         self._last_warning: dict[str, float] = {}
         self._parked: dict[str, tuple[int, list[bytes]]] = {}  # reason -> (count, events)
@@ -69,12 +77,25 @@ class Ledger:
             self._counts["sent"] += count
             self._counts["batches"] += 1
             self._counts["retries"] += retries
+            self._last_success_at = time.time()
+
+    def request_failed(self, cause: str) -> None:
+        """One HTTP attempt failed: counted as it happens, not when its batch settles."""
+        with self._lock:
+            self._counts["failed_requests"] += 1
+            self._last_error = cause
 
     def snapshot(self, *, queued: int, enqueued: int) -> Stats:
         """The counters, with the two the worker keeps under its own lock."""
         with self._lock:
-            dropped = dict(self._dropped)
-            return Stats(enqueued=enqueued, queued=queued, dropped=dropped, **self._counts)
+            return Stats(
+                enqueued=enqueued,
+                queued=queued,
+                dropped=dict(self._dropped),
+                last_success_at=self._last_success_at,
+                last_error=self._last_error,
+                **self._counts,
+            )
 
     # -- losses --------------------------------------------------------------------------
 
@@ -97,7 +118,10 @@ class Ledger:
     ) -> None:
         """``lost`` for events already decoded (or known only by ``count``)."""
         self._count(reason, count, failed=failed)
-        self._warn(reason, f"{count} events lost ({reason}): {error}")
+        if reason == UNCONFIRMED:  # not a loss as far as anyone knows: no ERROR for it
+            self._warn(reason, f"{count} events unconfirmed ({reason}): {error}", logging.WARNING)
+        else:
+            self._warn(reason, f"{count} events lost ({reason}): {error}")
         self.call("on_error", error, events)
 
     def count_only(self, reason: str, count: int) -> None:
@@ -110,6 +134,12 @@ class Ledger:
         """A synchronous send that failed: its caller gets the error, not ``on_error``."""
         self._count(reason, count, failed=True)
         self.add("retries", retries)
+
+    def filtered(self, reason: str) -> None:
+        """An event the app chose not to send (its before_send returned None): counted
+        under ``reason``, but not a loss: no log, no on_error, flush() stays True."""
+        with self._lock:
+            self._dropped[reason] = self._dropped.get(reason, 0) + 1
 
     def park(self, reason: str, data: bytes) -> None:
         """A loss noticed on a caller's thread: count it now, report it later
@@ -149,7 +179,7 @@ class Ledger:
                 self._counts["failed"] += count
             self.losses += count
 
-    def _warn(self, reason: str, message: str) -> None:
+    def _warn(self, reason: str, message: str, level: int = logging.ERROR) -> None:
         now = time.monotonic()
         with self._lock:
             if now - self._last_warning.get(reason, -DROP_WARNING_INTERVAL_S) < (
@@ -158,7 +188,8 @@ class Ledger:
                 return
             self._last_warning[reason] = now
             total = self._dropped.get(reason, 0)
-        self._log.error("Klime: %s (%d lost so far in this process)", message, total)
+        word = "lost" if level == logging.ERROR else "unconfirmed"
+        self._log.log(level, "Klime: %s (%d %s so far in this process)", message, total, word)
 
     # -- callbacks ---------------------------------------------------------------------
 

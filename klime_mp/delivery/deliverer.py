@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from klime_mp.delivery.outage import OutageLog
 from klime_mp.delivery.transport import Attempt, Transport
 from klime_mp.errors import DeliveryError
 from klime_mp.options import Options
@@ -48,6 +49,11 @@ class Delivery:
 REJECTED = "rejected"  # the server refused it (400, 401...): resending cannot help
 RETRIES_EXHAUSTED = "retries_exhausted"
 SHUTDOWN_TIMEOUT = "shutdown_timeout"  # the shutdown deadline came first
+# The deadline came while the batch's request was out and its answer had not come back
+# (or right after such an attempt): the server may well have stored it. Apart from
+# SHUTDOWN_TIMEOUT so that nobody re-sends or alarms on events that probably arrived.
+ANSWER_UNKNOWN = "answer_unknown"
+DEADLINE_REASONS = frozenset({SHUTDOWN_TIMEOUT, ANSWER_UNKNOWN})
 # A bug (ours or a library's) raised while sending: counted under its own name, so it
 # is never mistaken for an outage or a deadline.
 INTERNAL_ERROR = "internal_error"
@@ -73,6 +79,7 @@ class Deliverer:
         *,
         durable: bool = False,
         while_waiting: Callable[[], None] = lambda: None,
+        outage: OutageLog | None = None,
     ) -> None:
         self._options = options
         self._transport = transport
@@ -82,6 +89,7 @@ class Deliverer:
         self._while_waiting = while_waiting
         self._failures = 0  # consecutive failed attempts, whichever batch made them
         self._resume_at = 0.0  # monotonic time before which no attempt is made
+        self._outage = outage  # logs an outage once, counts failed attempts as they fail
         self._setup_status: int | None = None  # a set-up answer pausing delivery (spool)
 
     @property
@@ -89,18 +97,22 @@ class Deliverer:
         """The last attempt failed: the server is down, failing or pausing us."""
         return self._failures > 0
 
-    def send(self, body: bytes, deadline: Deadline) -> Delivery:
-        """POST ``body`` until it is taken, refused, out of attempts, or ``deadline()``
-        passes before the next attempt is due."""
+    def send(self, body: bytes, deadline: Deadline, events: int = 0) -> Delivery:
+        """POST ``body`` (``events`` in it) until it is taken, refused, out of attempts,
+        or ``deadline()`` passes before the next attempt is due."""
         attempts = 0
-        status: int | None = None
+        last: Attempt | None = None
         while True:
             if not self._wait_turn(deadline):
-                error = DeliveryError("gave up: the shutdown deadline", SHUTDOWN_TIMEOUT, status)
-                return Delivery(None, error, max(attempts - 1, 0))
-            attempt = self._transport.post(body, _attempt_timeout(self._options, deadline()))
+                return Delivery(None, self._deadline_error(last), max(attempts - 1, 0))
+            timeout = _attempt_timeout(self._options, deadline())
+            attempt = last = self._transport.post(body, timeout, events)
             attempts += 1
-            status = attempt.status
+            if self._outage is not None:
+                if attempt.status == 200:
+                    self._outage.delivered(events)
+                else:
+                    self._outage.attempt_failed(attempt)
             delivery = self._judge(attempt, attempts - 1)
             if delivery is not None:
                 self._failures, self._resume_at = 0, 0.0
@@ -111,6 +123,20 @@ class Deliverer:
             self._resume_at = time.monotonic() + delay
             if attempts >= self._options.retry_max_attempts and not self._durable:
                 return Delivery(None, _final_error(attempt, attempts), attempts - 1)
+
+    def _deadline_error(self, last: Attempt | None) -> DeliveryError:
+        """Why a batch was given up at a deadline, with the cause of the failures."""
+        status = None if last is None else last.status
+        if last is not None and last.answer_unknown:
+            message = f"sent, answer unknown (the server may have them): {last.cause}"
+            return DeliveryError(message, ANSWER_UNKNOWN, status)
+        cause = last.cause if last is not None else None
+        if cause is None and self._outage is not None:
+            cause = self._outage.last_cause  # the outage's, seen by an earlier batch
+        message = "gave up at the shutdown deadline"
+        return DeliveryError(
+            f"{message}; last error: {cause}" if cause else message, SHUTDOWN_TIMEOUT, status
+        )
 
     def _judge(self, attempt: Attempt, retries: int) -> Delivery | None:
         """A final Delivery, or None when the attempt should be retried."""

@@ -14,18 +14,22 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
+from klime_mp.delivery import census
 from klime_mp.delivery import spooled as recovery
-from klime_mp.delivery.accounting import Ledger, Stats, decode
+from klime_mp.delivery.accounting import Ledger, Stats
 from klime_mp.delivery.deliverer import (
+    DEADLINE_REASONS,
     INTERNAL_ERROR,
     REJECTED,
-    SHUTDOWN_TIMEOUT,
     Deliverer,
     Delivery,
 )
+from klime_mp.delivery.ending import Ending, Source
+from klime_mp.delivery.outage import OutageLog
 from klime_mp.delivery.queue import MemoryQueue
+from klime_mp.delivery.settle import settle, settle_sync
 from klime_mp.delivery.transport import Transport
 from klime_mp.errors import DeliveryError, LossReport, SendError
 from klime_mp.options import DEFAULT_FLUSH_TIMEOUT_S, Options
@@ -34,9 +38,6 @@ from klime_mp.wire import BATCH_BYTES, batch_body
 
 # flush() without a timeout waits at most this long: an outage cannot hold a caller
 # (PostHog bounds its flush the same way). The events stay queued either way.
-# After its deadline, shutdown() still waits this long for a report the sender is making
-# (a batch it settled at that very moment): on_error has had every loss when it returns.
-REPORT_GRACE_S = 1.0
 
 # Loss reasons before sending, keys of ``Stats.dropped`` beside the delivery's.
 QUEUE_FULL = "queue_full"
@@ -46,16 +47,7 @@ AFTER_SHUTDOWN = "after_shutdown"
 __all__ = ["OVERSIZED", "Stats", "Worker"]
 
 
-class Source(Protocol):
-    """What the sender reads batches from: the memory queue, the spool's log, an orphan."""
-
-    def take(self, max_events: int, max_bytes: int) -> list[bytes]: ...
-    def acknowledge(self, count: int) -> None: ...
-    def rewind(self) -> None: ...
-    def pending(self) -> int: ...
-
-
-class Worker:
+class Worker(Ending):
     def __init__(self, options: Options) -> None:
         self._options = options
         self._lock = threading.Lock()  # queues and sequence numbers; never held over I/O
@@ -83,14 +75,17 @@ class Worker:
         self._thread: threading.Thread | None = None
         self._transport = Transport(options)
         durable = self._spool is not None
+        self._outage = OutageLog(options, self._ledger, self.size)
         self._deliverer = Deliverer(
             options,
             self._transport,
             self._interrupt,
             durable=durable,
-            while_waiting=self._ledger.report_parked,
+            while_waiting=self._housekeeping,
+            outage=self._outage,
         )
         self._released = False
+        census.enroll(self)  # read by the metrics at collection time
 
     # -- the caller's side: no network here --------------------------------------------
 
@@ -129,6 +124,10 @@ class Worker:
         report them, the caller's thread running ``on_error`` like the sender would."""
         self._ledger.report(reason, error, events, len(events))
 
+    def filtered(self, reason: str) -> None:
+        """An event the app's before_send dropped: counted, not a loss."""
+        self._ledger.filtered(reason)
+
     def size(self) -> int:
         with self._lock:
             return self._pending()
@@ -137,6 +136,11 @@ class Worker:
         with self._lock:
             pending, accepted = self._pending(), self._accepted
         return self._ledger.snapshot(queued=pending, enqueued=accepted)
+
+    def spooled(self) -> int:
+        """Events of this worker waiting on disk (0 without a spool)."""
+        with self._lock:
+            return 0 if self._spool is None else self._spool.pending()
 
     # -- waiting for delivery -----------------------------------------------------------
 
@@ -177,40 +181,6 @@ class Worker:
 
         return wait
 
-    def shutdown(self, timeout: float) -> bool:
-        """Send what is queued within ``timeout`` seconds, then stop. Idempotent.
-
-        True when everything was delivered; False when some events were lost (they are
-        reported to on_error and the log) or, with a spool, are left on disk for the
-        next process of this app."""
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            if self._closed:
-                return self._pending() == 0
-            self._closed = True
-            self._deadline = deadline
-            target = self._accepted
-            mark = self._loss_mark
-        self._wake.set()
-        self._interrupt.set()  # a backoff wait re-checks the new deadline
-        thread = self._thread
-        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
-            thread.join(max(deadline - time.monotonic(), 0))
-        if self._send_lock.acquire(timeout=max(deadline - time.monotonic(), 0)):
-            try:  # the thread never ran (sync mode, interpreter exit) or died: send here
-                self._drain_locked(deadline)
-                self._recover(deadline)
-            finally:
-                self._send_lock.release()
-        self._give_up_in_flight()
-        self._give_up_on_rest()
-        self._wait_reported(time.monotonic() + REPORT_GRACE_S)
-        self._ledger.report_parked()
-        if not (thread and thread.is_alive()):
-            self._release_resources()
-        with self._lock:
-            return self._settled(target) and self._ledger.losses == mark
-
     def abandon(self) -> None:
         """In a forked child: let go of the parent's worker without touching its
         locks (they may be held forever), its connection or its spool files."""
@@ -250,7 +220,7 @@ class Worker:
             now = time.monotonic()
             self._wake.wait(max(min(due, scan_due) - now, 0.0))
             self._wake.clear()
-            self._ledger.report_parked()
+            self._housekeeping()
             flushes_asked = self._flush_requests
             if self._closed or flushes_asked != flushes_served or time.monotonic() >= due:
                 self._drain(self._deadline)
@@ -266,6 +236,12 @@ class Worker:
                 break
         if self._closed:
             self._release_resources()
+
+    def _housekeeping(self) -> None:
+        """Between sends and during long backoff waits: report parked losses, watch
+        for events that have waited too long."""
+        self._ledger.report_parked()
+        self._outage.check_stall()
 
     def _past_deadline(self) -> bool:
         deadline = self._deadline
@@ -331,26 +307,12 @@ class Worker:
         """Events from the spool are lost only to a refusal; the rest waits on disk.
         Before shutdown, a deadline can only be a flush's: its batch stays queued."""
         reason = None if delivery.error is None else delivery.error.reason
-        if reason == SHUTDOWN_TIMEOUT and not self._closed:
+        if reason in DEADLINE_REASONS and not self._closed:
             return True
         return source is self._spool and reason != REJECTED
 
     def _settle(self, batch: list[bytes], delivery: Delivery) -> None:
-        """Count and report the outcome of a batch taken from the queue."""
-        response = delivery.response
-        if response is None:
-            error = delivery.error
-            assert error is not None
-            self._ledger.add("retries", delivery.retries)
-            self._ledger.lost(error.reason, error, batch, failed=True)
-            return
-        rejected = rejected_events(batch, response)
-        self._ledger.delivered(len(batch) - len(rejected), delivery.retries)
-        if rejected:
-            message = f"the server rejected {len(rejected)} of {len(batch)} events: "
-            error = DeliveryError(message + str(response.errors), REJECTED, 200)
-            self._ledger.lost(REJECTED, error, rejected)
-        self._ledger.call("on_success", response)
+        settle(self._ledger, batch, delivery)
 
     def _recover(self, deadline: float | None) -> None:
         """Send what dead processes of this app left in the spool. Caller holds
@@ -367,19 +329,15 @@ class Worker:
             return BatchResponse(status="not_sent", accepted=0, failed=0)
         with self._send_lock:
             delivery = self._post([data])
-        if delivery.response is None:
-            assert delivery.error is not None  # a Delivery holds a response or an error
-            self._ledger.count_failed(delivery.error.reason, 1, delivery.retries)
-            raise SendError(str(delivery.error), decode([data]))
-        self._ledger.delivered(1 - min(max(delivery.response.failed, 0), 1), delivery.retries)
-        return delivery.response
+        return settle_sync(self._ledger, data, delivery)
 
     def _post(self, batch: list[bytes], deadline: float | None = None) -> Delivery:
         """Send one batch, retrying until ``deadline`` (a flush's, when it sends from
         the caller's thread) or shutdown's. Caller holds _send_lock."""
         body = batch_body(batch)
         try:
-            return self._deliverer.send(body, functools.partial(self._nearer_deadline, deadline))
+            limit = functools.partial(self._nearer_deadline, deadline)
+            return self._deliverer.send(body, limit, len(batch))
         except Exception as exc:  # a bug or an exotic failure must not kill the thread
             self._options.logger.exception("Klime: unexpected error while sending a batch")
             error = DeliveryError(f"unexpected error while sending: {exc!r}", INTERNAL_ERROR)
@@ -389,45 +347,6 @@ class Worker:
         """``deadline`` or shutdown's, whichever comes first (None: neither). Read anew
         each time: shutdown() may set its deadline while a drain or a send runs."""
         return min((d for d in (deadline, self._deadline) if d is not None), default=None)
-
-    # -- the end: what shutdown could not send --------------------------------------------
-
-    def _give_up_in_flight(self) -> None:
-        """After the shutdown deadline (no spool): report the batch still being posted.
-
-        An HTTP attempt that began before shutdown() has the client's full ``timeout``,
-        not the deadline, and cannot be cut short; the process may exit right after
-        shutdown() returns and take the sender with it, so the batch is reported here
-        and the sender drops its late outcome. The server may still have stored it."""
-        with self._lock:
-            batch = self._in_flight if self._in_flight_source is self._memory else None
-            if batch:
-                self._in_flight = self._in_flight_source = None
-                self._memory.acknowledge(len(batch))
-        if batch:
-            message = f"{len(batch)} events in flight at the shutdown deadline (may have arrived)"
-            self._give_up(batch, message)
-
-    def _give_up_on_rest(self) -> None:
-        """After the shutdown deadline (no spool): report what is still queued."""
-        with self._lock:
-            rest = self._memory.clear() if self._in_flight_source is not self._memory else []
-        if rest:
-            self._give_up(rest, f"{len(rest)} events not sent before the shutdown deadline")
-
-    def _give_up(self, batch: list[bytes], message: str) -> None:
-        error = DeliveryError(message, SHUTDOWN_TIMEOUT)
-        self._ledger.lost(SHUTDOWN_TIMEOUT, error, batch, failed=True)
-        self._notify_progress()
-
-    def _release_resources(self) -> None:
-        with self._lock:
-            if self._released:
-                return
-            self._released = True
-        self._transport.close()
-        if self._spool is not None:
-            self._spool.close()
 
     # -- bookkeeping ----------------------------------------------------------------------
 
@@ -445,29 +364,7 @@ class Worker:
         """The first ``target`` accepted events are all settled. Caller holds _lock."""
         return self._pending() <= self._accepted - target
 
-    def _notify_progress(self) -> None:
-        """Events settled (sent, reported lost or kept on disk): wake flush() waiters."""
-        with self._progress:
-            self._progress.notify_all()
-
-    def _wait_reported(self, deadline: float) -> None:
-        """Until the sender has finished settling the batches it took out of flight."""
-        with self._progress:
-            self._progress.wait_for(lambda: not self._reporting, deadline - time.monotonic())
-
     def _wait_finished(self, target: int, deadline: float) -> bool:
         with self._progress:
             settled = functools.partial(self._settled, target)
             return self._progress.wait_for(settled, deadline - time.monotonic())
-
-
-def rejected_events(batch: list[bytes], response: BatchResponse) -> list[bytes]:
-    """The events of a delivered batch that the server refused one by one (by the
-    indices of its errors; when it gives a count without indices, the last ones)."""
-    failed = min(max(response.failed, 0), len(batch))
-    if not failed:
-        return []
-    indices = sorted({e.index for e in response.errors or () if 0 <= e.index < len(batch)})
-    if len(indices) != failed:
-        indices = list(range(len(batch) - failed, len(batch)))
-    return [batch[i] for i in indices]

@@ -30,7 +30,7 @@ from klime_mp.delivery.deliverer import REJECTED, Deliverer
 from klime_mp.delivery.transport import Transport
 from klime_mp.errors import DeliveryError, ImportStopped, LineError
 from klime_mp.importer.lines import Event, Parsed, csv_rows, jsonl_fields, to_event
-from klime_mp.options import Options
+from klime_mp.options import BeforeSend, Options
 from klime_mp.wire import BATCH_BYTES, MAX_BATCH_SIZE, batch_body
 
 # A refusal that every later batch would get too: stop instead of refusing them all.
@@ -45,6 +45,7 @@ class Counts:
     lines: int = 0  # events in the file (blank lines are not counted)
     invalid: int = 0
     duplicates: int = 0  # lines whose messageId an earlier line of the file had
+    filtered: int = 0  # events --before-send dropped (returned None)
     to_send: int = 0
     sent: int = 0  # taken by the server (a resent event it already had included)
     rejected: int = 0  # refused by the server, one by one or as a batch
@@ -114,14 +115,18 @@ def validate(
     report: Report,
     progress: Progress,
     counts: Counts,
+    before_send: BeforeSend | None = None,
 ) -> None:
-    """Pass 1: every line checked and reported; the good ones, once each, to the work
-    file. ``counts`` is updated as it goes, so a Ctrl-C still leaves a true tally."""
+    """Pass 1: every line checked (and passed through ``before_send``) and reported; the
+    good ones, once each, to the work file. ``counts`` is updated as it goes, so a
+    Ctrl-C still leaves a true tally."""
     with open(work.path, "wb") as out:
         for number, parsed in lines:
             counts.lines += 1
-            event = _event(parsed)
-            if isinstance(event, LineError):
+            event = _event(parsed, before_send)
+            if event is None:
+                counts.filtered += 1
+            elif isinstance(event, LineError):
                 counts.invalid += 1
                 report(number, str(event))
             elif work.first_time(event.message_id):
@@ -133,11 +138,11 @@ def validate(
                 progress(counts)
 
 
-def _event(parsed: Parsed) -> Event | LineError:
+def _event(parsed: Parsed, before_send: BeforeSend | None) -> Event | LineError | None:
     if isinstance(parsed, LineError):
         return parsed
     try:
-        return to_event(parsed)
+        return to_event(parsed, before_send)
     except LineError as error:
         return error
 

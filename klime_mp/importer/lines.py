@@ -16,8 +16,10 @@ import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple, Union
 
-from klime_mp import events
-from klime_mp.errors import HeaderError, LineError
+from klime_mp import events, values
+from klime_mp.before_send import screen
+from klime_mp.errors import BeforeSendError, HeaderError, LineError
+from klime_mp.options import BeforeSend
 from klime_mp.timestamps import to_wire
 
 # The namespace of derived messageIds. Changing it changes every derived id, and a
@@ -146,8 +148,11 @@ def _csv_fields(header: list[str], row: list[str]) -> Parsed:
 # -- one line to one event -------------------------------------------------------------
 
 
-def to_event(fields: Fields) -> Event:
-    """Validate and encode one line's fields as the client would; LineError if bad."""
+def to_event(fields: Fields, before_send: BeforeSend | None = None) -> Event | None:
+    """Validate and encode one line's fields as the client would; LineError if bad.
+
+    With ``before_send``, the event is what the hook returned, and None when it dropped
+    the event; a hook that fails makes the line a bad one (nothing of it is sent)."""
     try:
         body = _build(fields)
     except (ValueError, TypeError) as exc:
@@ -158,13 +163,22 @@ def to_event(fields: Fields) -> Event:
             message_id = derived_message_id(body)
         except _ENCODE_ERRORS:
             message_id = None  # serialize() below names what cannot be encoded
-    elif not isinstance(message_id, str) or not message_id.strip():
-        raise LineError("message_id must be a non-empty string")
+    else:
+        try:
+            values.message_id(message_id)  # the client's rule: one bound for both
+        except (ValueError, TypeError) as exc:
+            raise LineError(str(exc)) from None
     body["messageId"] = message_id
     try:
         data = events.serialize(body)
+        if before_send is not None:
+            kept = screen(before_send, data)
+            if kept is None:
+                return None
+            # The hook may change the id too: the one sent is the one de-duplicated.
+            data, message_id = kept, json.loads(kept)["messageId"]
         events.check_size(data)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, BeforeSendError) as exc:
         raise LineError(str(exc)) from None
     if message_id is None:  # cannot happen: what failed the id fails serialize()
         raise LineError("the event cannot be encoded as JSON")

@@ -129,6 +129,7 @@ def _flush_then_terminate(signum: int, frame: FrameType | None) -> None:
 
 
 def _flush_bounded() -> None:
+    limit = _budget()  # before the flush starts: each client it finishes leaves the sum
     flusher = threading.Thread(target=_flush, name="klime-sigterm", daemon=True)
     flusher.start()
-    flusher.join(_budget())
+    flusher.join(limit)

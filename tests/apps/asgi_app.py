@@ -4,7 +4,8 @@ beyond ``configure()``: ``app.add_middleware(KlimeMiddleware)``.
 Same contract as examples/gunicorn_app (the demo's load driver counts on it): each
 response says how many events it queued (``X-Klime-Events``) and which worker served
 it (``X-Worker-Pid``); each track event carries ``worker_pid``. NO_KLIME_MIDDLEWARE=1
-leaves the middleware out, to show what is lost without it.
+leaves the middleware out (what an app that only calls ``configure()`` runs);
+KLIME_TEST_FLUSH_INTERVAL_MS sets the flush interval (a long one: only a shutdown sends).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from starlette.routing import Route
 import klime_mp
 from klime_mp.asgi import KlimeMiddleware
 
-klime_mp.configure()  # KLIME_WRITE_KEY and KLIME_ENDPOINT from the environment
+# KLIME_WRITE_KEY and KLIME_ENDPOINT from the environment
+klime_mp.configure(flush_interval=int(os.environ.get("KLIME_TEST_FLUSH_INTERVAL_MS", "2000")))
 
 
 def reply(queued: int) -> JSONResponse:

@@ -1,0 +1,199 @@
+"""What before_send and compression="gzip" cost, and what gzip saves (issue #22).
+
+    python -m bench.features [--calls 20000] [--posts 300] [--rounds 7]
+
+1. ``track()`` CPU per call (``time.process_time``; a ``send=False`` client, so only the
+   caller's path is timed) without a hook, with a hook that returns the event as it is,
+   and with one that removes a property. Variants alternate round after round and the
+   median round is reported, so load on a shared machine hits them all alike.
+2. gzip on 100-event batches, of the benchmark's events (``track("Report Generated",
+   {"report_type": "revenue", "rows": i}, user_id="usr_1", group_id="org_1")``) and of
+   varied ones (five event names, random ids, paths and numbers): bytes per batch and
+   compression CPU per event at levels 1, 6 and 9.
+3. ``Transport.post`` of those batches to the local collector (its own process, so its
+   CPU is not counted), with and without ``compression="gzip"``: CPU per event.
+
+Self-contained: it needs only klime_mp.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+from typing import Any, Callable
+
+from klime_mp import KlimeClient, events
+from klime_mp.delivery import transport
+from klime_mp.delivery.transport import Transport
+from klime_mp.options import build_options
+
+BATCH = 100
+NAMES = ["Page Viewed", "Report Generated", "Button Clicked", "Signed In", "Export Started"]
+
+
+def median_rounds(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
+    """Each variant's median over ``rounds`` alternating rounds."""
+    seen: dict[str, list[float]] = {name: [] for name in variants}
+    for run in variants.values():
+        run()  # warm-up, not counted: the first round of the first variant ran cold
+    for _ in range(rounds):
+        for name, run in variants.items():
+            seen[name].append(run())
+    return {name: statistics.median(values) for name, values in seen.items()}
+
+
+# -- 1. before_send ----------------------------------------------------------------------
+
+
+def keep(event: dict[str, Any]) -> dict[str, Any]:
+    return event
+
+
+def redact(event: dict[str, Any]) -> dict[str, Any]:
+    event["properties"].pop("email", None)
+    return event
+
+
+def track_cpu(client: KlimeClient, calls: int) -> Callable[[], float]:
+    track = client.track
+    props = {"report_type": "revenue", "rows": 1, "email": "jane@acme.com"}
+
+    def run() -> float:
+        start = time.process_time()
+        for _ in range(calls):
+            track("Report Generated", props, user_id="usr_1", group_id="org_1")
+        return (time.process_time() - start) / calls * 1e6
+
+    return run
+
+
+def before_send_costs(calls: int, rounds: int) -> None:
+    variants = {
+        "no hook": track_cpu(KlimeClient("k", send=False), calls),
+        "hook returning the event": track_cpu(
+            KlimeClient("k", send=False, before_send=keep), calls
+        ),
+        "hook removing a property": track_cpu(
+            KlimeClient("k", send=False, before_send=redact), calls
+        ),
+    }
+    result = median_rounds(variants, rounds)
+    base = result["no hook"]
+    print(f"track() CPU per call, median of {rounds} rounds of {calls:,}:")
+    for name, micros in result.items():
+        extra = "" if name == "no hook" else f"  (+{micros - base:.2f} µs)"
+        print(f"  {name:<28}{micros:6.2f} µs{extra}")
+
+
+# -- 2. and 3. gzip ----------------------------------------------------------------------
+
+
+def batch_body(make: Callable[[int], bytes]) -> bytes:
+    return b'{"batch":[' + b",".join(make(i) for i in range(BATCH)) + b"]}"
+
+
+def bench_events() -> bytes:
+    def one(i: int) -> bytes:
+        props = {"report_type": "revenue", "rows": i}
+        return events.encode_track("Report Generated", props, "usr_1", "org_1")
+
+    return batch_body(one)
+
+
+def varied_events() -> bytes:
+    rnd = random.Random(22)
+
+    def one(i: int) -> bytes:
+        props = {
+            "path": f"/app/reports/{rnd.randrange(10**6)}",
+            "plan": rnd.choice(["free", "pro", "team"]),
+            "rows": rnd.randrange(10**5),
+            "duration_ms": round(rnd.random() * 1000, 3),
+            "browser": rnd.choice(["Chrome 131", "Firefox 133", "Safari 18"]),
+        }
+        user, org = f"usr_{rnd.randrange(10**6)}", f"org_{rnd.randrange(10**4)}"
+        return events.encode_track(rnd.choice(NAMES), props, user, org)
+
+    return batch_body(one)
+
+
+def gzip_sizes(bodies: dict[str, bytes], rounds: int) -> None:
+    print(f"gzip of one {BATCH}-event batch (compression CPU: median of {rounds} rounds):")
+    for label, body in bodies.items():
+        for level in (1, 6, 9):
+            packed = b""
+
+            def run(level: int = level, body: bytes = body) -> float:
+                nonlocal packed
+                start = time.process_time()
+                for _ in range(50):
+                    deflate = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+                    packed = deflate.compress(body) + deflate.flush()
+                return (time.process_time() - start) / 50 / BATCH * 1e6
+
+            micros = median_rounds({"": run}, rounds)[""]
+            ratio = len(body) / len(packed)
+            print(
+                f"  {label:<8} level {level}: {len(body):,} -> {len(packed):,} bytes "
+                f"({ratio:.1f}x), {micros:.2f} µs per event"
+            )
+
+
+def post_cpu(url: str, body: bytes, compression: str | None, posts: int) -> Callable[[], float]:
+    sender = Transport(build_options("bench-key", url, compression=compression))
+
+    def run() -> float:
+        start = time.process_time()
+        for _ in range(posts):
+            attempt = sender.post(body, 10.0)
+            assert attempt.status == 200, attempt
+        return (time.process_time() - start) / posts / BATCH * 1e6
+
+    return run
+
+
+def post_costs(bodies: dict[str, bytes], posts: int, rounds: int) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        db = Path(directory) / "events.sqlite3"
+        command = [sys.executable, "-m", "klime_mp", "collector", "--port", "0", "--db", str(db)]
+        server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        try:
+            assert server.stdout is not None
+            url = server.stdout.readline().strip().rsplit(" ", 1)[-1]
+            print(f"Transport.post to the local collector, CPU per event ({posts} POSTs a round):")
+            for label, body in bodies.items():
+                variants = {
+                    "plain": post_cpu(url, body, None, posts),
+                    "gzip": post_cpu(url, body, "gzip", posts),
+                }
+                result = median_rounds(variants, rounds)
+                print(
+                    f"  {label:<8} plain {result['plain']:.2f} µs, gzip {result['gzip']:.2f} µs "
+                    f"(level {transport.GZIP_LEVEL})"
+                )
+        finally:
+            server.terminate()
+            server.wait(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=20_000)
+    parser.add_argument("--posts", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    before_send_costs(args.calls, args.rounds)
+    bodies = {"bench": bench_events(), "varied": varied_events()}
+    gzip_sizes(bodies, args.rounds)
+    post_costs(bodies, args.posts, args.rounds)
+
+
+if __name__ == "__main__":
+    main()
