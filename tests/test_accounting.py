@@ -165,7 +165,8 @@ def test_shutdown_returns_only_after_the_senders_report_of_a_batch_it_settled() 
 
     server = ScriptedServer().start()
     try:
-        server.then(Reply(400, b'{"status":"error","message":"no"}'))
+        # 422: refused whole (a 400 would be split into halves, each its own report).
+        server.then(Reply(422, b'{"status":"error","message":"no"}'))
         client = KlimeClient("key", server.url, shutdown_timeout=0.1, on_error=slow_on_error)
         for n in range(5):
             client.track("Refused", {"n": n}, user_id="u")

@@ -69,16 +69,20 @@ def test_429_honours_retry_after(server: ScriptedServer, header: str) -> None:
 
 @pytest.mark.parametrize("status", [400, 401])
 def test_permanent_errors_are_not_retried(server: ScriptedServer, status: int) -> None:
-    server.then(Reply(status, body=b'{"status":"error","message":"nope"}'))
+    server.then(*[Reply(status, body=b'{"status":"error","message":"nope"}')] * 3)
     reports = Reports()
     client = reports.client(server.url)
     client.track("A", user_id="u")
     client.identify("u")
     assert client.flush(10) is False
-    assert len(server.received) == 1
-    ((error, events),) = reports.errors
-    assert f"HTTP {status}" in str(error) and len(events) == 2
-    assert client.stats().dropped == {"rejected": 2}
+    bodies = [request.body for request in server.received]
+    assert len(set(bodies)) == len(bodies)  # no body sent twice
+    # A 400 is about the data: the batch is sent again in halves, each event refused alone.
+    sizes = [len(request.events()) for request in server.received]
+    assert sizes == ([2, 1, 1] if status == 400 else [2])
+    assert all(f"HTTP {status}" in str(error) for error, _events in reports.errors)
+    assert [len(events) for _error, events in reports.errors] == ([1, 1] if status == 400 else [2])
+    assert client.stats().dropped == {"rejected": 2} and client.stats().retries == 0
 
 
 def test_retries_stop_after_retry_max_attempts(server: ScriptedServer) -> None:
