@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import subprocess
+import sys
 import time
 import warnings
 from collections import Counter
@@ -38,9 +40,10 @@ from typing import Any
 
 import pytest
 
+from klime_mp import KlimeClient
 from klime_mp.collector import Collector, FaultPlan
 from klime_mp.spool.log import app_directory
-from tests.reliability.support import LONG, fault_figures, write_report
+from tests.reliability.support import LONG, fault_figures, script_env, write_report
 from tests.reliability.torture import Process, Schedule, Writer, fill, flip_a_byte
 
 WRITERS = 4
@@ -276,3 +279,41 @@ def check_identity(
     assert run.flipped and run.flipped[-1][1] >= CHAOS_S, figures  # the last flip counts
     if no_disk is None:
         assert any(p.spool_failed for p in processes), figures  # the disk was full
+
+
+DIES_WITH_ONE_EVENT = """
+import os, signal, sys
+from klime_mp import KlimeClient
+client = KlimeClient("torture-key", sys.argv[1], spool_dir=sys.argv[2], flush_interval=60_000)
+client.track("Torn", user_id="u", message_id="the-only-one")
+os.kill(os.getpid(), signal.SIGKILL)  # before its sender's first batch is due
+"""
+
+
+@pytest.mark.fork
+@pytest.mark.xfail(
+    strict=True,
+    reason="found by the torture test: an orphan whose unacknowledged records are all "
+    "corrupt is deleted at the claim (claim_orphan: pending() == 0) with only a log "
+    "line; its spool_torn loss reaches no process's stats()",
+)
+def test_a_dead_log_holding_only_a_corrupt_record_counts_its_loss(
+    tmp_path: Path, collector: Collector
+) -> None:
+    spool = tmp_path / "spool"
+    dead = subprocess.run(
+        [sys.executable, "-c", DIES_WITH_ONE_EVENT, collector.url, str(spool)],
+        env=script_env(),
+        timeout=60,
+    )
+    assert dead.returncode == -signal.SIGKILL
+    app_dir = app_directory(spool, collector.url, "torture-key")
+    (ledger,) = app_dir.glob("*.ledger")
+    assert flip_a_byte(app_dir, int(ledger.name.split("-")[0]), random.Random(0)) == "the-only-one"
+
+    successor = KlimeClient("torture-key", collector.url, spool_dir=spool)
+    successor.track("Successor", user_id="u")  # its sender claims the dead log at once
+    successor.shutdown()
+
+    assert not list(app_dir.glob(f"{ledger.stem}*"))  # the dead log is gone...
+    assert successor.stats().dropped.get(TORN) == 1  # ...and its loss is counted
