@@ -63,6 +63,7 @@ class KlimeClient:
         stall_warning: float = 300.0,
         before_send: BeforeSend | None = None,
         compression: str | None = None,
+        spool_fsync_interval: float | None = None,
     ) -> None:
         self._options = build_options(
             write_key,
@@ -87,6 +88,7 @@ class KlimeClient:
             stall_warning=stall_warning,
             before_send=before_send,
             compression=compression,
+            spool_fsync_interval=spool_fsync_interval,
         )
         if self._options.metrics:  # the instruments, once; read at collection time
             register_metrics()

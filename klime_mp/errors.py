@@ -59,6 +59,19 @@ class SpoolUnavailable(KlimeError):
     """The spool directory cannot be used; the message says why."""
 
 
+class SpoolNewerFormat(KlimeError):
+    """A spool file written by a newer klime_mp: left as it is, never read nor deleted."""
+
+    def __init__(self, path: str, version: str) -> None:
+        super().__init__(f"{path} is in format {version}, newer than this klime_mp reads")
+        self.path = path
+
+
+class SpoolForeignOwner(KlimeError):
+    """A spool file of another user: its events are not sent with our key (it may have
+    been planted), nor deleted; it is left as it is."""
+
+
 class LineError(KlimeError, ValueError):
     """Why one line of an import is not a valid event."""
 

@@ -83,6 +83,7 @@ class Options:
     stall_warning: float = DEFAULT_STALL_WARNING_S
     before_send: BeforeSend | None = None
     compression: str | None = None
+    spool_fsync_interval: float | None = None  # seconds; None: no fsync (see docs/spool.md)
 
     def __repr__(self) -> str:
         # The write key is a credential: it never appears in reprs, logs or errors.
@@ -118,6 +119,7 @@ def build_options(
     stall_warning: float = DEFAULT_STALL_WARNING_S,
     before_send: BeforeSend | None = None,
     compression: str | None = None,
+    spool_fsync_interval: float | None = None,
 ) -> Options:
     """Validate the constructor arguments; ``None`` means the official default."""
     batch = _positive_int("max_batch_size", max_batch_size, DEFAULT_MAX_BATCH_SIZE)
@@ -162,6 +164,7 @@ def build_options(
         stall_warning=_positive_number("stall_warning", stall_warning, DEFAULT_STALL_WARNING_S),
         before_send=_callback("before_send", before_send),
         compression=_compression(compression),
+        spool_fsync_interval=_spool_fsync_interval(spool_fsync_interval),
     )
 
 
@@ -234,6 +237,18 @@ def _compression(value: str | None) -> str | None:
     if value not in COMPRESSIONS:
         raise ValueError(f"compression must be None or 'gzip', got {value!r}")
     return value
+
+
+def _spool_fsync_interval(value: float | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"spool_fsync_interval must be a number of seconds or None, got {type(value).__name__}"
+        )
+    if not 0 < value < float("inf"):
+        raise ValueError(f"spool_fsync_interval must be a positive number of seconds, got {value}")
+    return float(value)
 
 
 def _is_cleartext_remote(url: str) -> bool:

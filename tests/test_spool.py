@@ -25,7 +25,8 @@ import pytest
 from klime_mp.spool import log as spool
 
 SCRIPT = Path(__file__).resolve().parent / "scripts" / "spool_scenarios.py"
-HEADER = 20  # bytes before each payload on disk (magic, crc, length, time)
+HEADER = 28  # bytes before each payload on disk (magic, crc, length, number, time)
+FILE_HEADER = 20  # bytes at the start of each segment (magic, version, first number, crc)
 
 
 def record(index: int, size: int = 0) -> bytes:
@@ -266,7 +267,7 @@ def test_writer_killed_mid_write_loses_only_the_torn_record(
         scripts.wait_ready(proc)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)
-        on_disk = sum(path.stat().st_size for path in segments(app))
+        on_disk = sum(path.stat().st_size - FILE_HEADER for path in segments(app))
         orphan = spool.claim_orphan(app)
         assert orphan is not None
         found = read_all(orphan, batch=3)
@@ -287,9 +288,10 @@ def test_full_disk_fails_the_append_and_leaves_no_partial_record(
     code, out = scripts.run("fill_disk", app, 10_000)
     assert code == -signal.SIGKILL
     written, error = map(int, out.split())
-    assert written == 10_000 // (HEADER + 300)  # every record that fit
+    assert written == (10_000 - FILE_HEADER) // (HEADER + 300)  # every record that fit
     assert error in (27, 28)  # EFBIG or ENOSPC, an OSError the caller falls back on
-    assert [path.stat().st_size for path in segments(app)] == [written * (HEADER + 300)]
+    sizes = [path.stat().st_size for path in segments(app)]
+    assert sizes == [FILE_HEADER + written * (HEADER + 300)]
     orphan = spool.claim_orphan(app)
     assert orphan is not None
     assert read_all(orphan) == [record(i, 300) for i in range(written)]
@@ -318,7 +320,8 @@ def test_one_damaged_record_costs_only_itself(app: Path, where: str) -> None:
     (segment,) = segments(app)
     data = bytearray(segment.read_bytes())
     record_size = HEADER + len(record(0))
-    offset = 4 * record_size + {"magic": 1, "checksum": 5, "length": 8, "payload": 25}[where]
+    offset = FILE_HEADER + 4 * record_size
+    offset += {"magic": 1, "checksum": 5, "length": 8, "payload": 30}[where]
     data[offset] ^= 0x40
     segment.write_bytes(bytes(data))
     orphan = spool.claim_orphan(app)

@@ -30,6 +30,10 @@ def add_status(commands: SubParsers) -> None:
     status = commands.add_parser(
         "status",
         help="per app: its endpoint, segments, events pending, bytes, oldest, live, orphans",
+        epilog=(
+            "TORN: events lost in damaged records of dead processes' logs. NEWER: logs"
+            " written by a newer klime_mp, left as they are (upgrade to send them)."
+        ),
         description=(
             "What is waiting in a spool directory, per app directory (read-only). An app"
             " directory is named by a digest of endpoint and write key; ENDPOINT says where"
@@ -65,7 +69,18 @@ def add_drain(commands: SubParsers) -> None:
 
 SUBCOMMANDS: list[Callable[[SubParsers], None]] = [add_status, add_drain]
 
-COLUMNS = ("APP", "ENDPOINT", "SEGMENTS", "PENDING", "BYTES", "OLDEST", "LIVE", "ORPHANS", "TORN")
+COLUMNS = (
+    "APP",
+    "ENDPOINT",
+    "SEGMENTS",
+    "PENDING",
+    "BYTES",
+    "OLDEST",
+    "LIVE",
+    "ORPHANS",
+    "TORN",
+    "NEWER",
+)
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -157,6 +172,7 @@ def _row(state: spool.AppStatus) -> tuple[str, ...]:
         str(state.live),
         str(state.orphans),
         str(state.torn),
+        str(state.newer),
     )
 
 

@@ -46,6 +46,7 @@ class Stats:
     failed_requests: int = 0  # HTTP attempts that failed (no answer, or not a 200), live
     last_success_at: float | None = None  # time.time() when the server last took a batch
     last_error: str | None = None  # the last failed attempt's cause, in plain words
+    spool_failures: int = 0  # times the spool stopped working (full, read-only, removed)
 
 
 class Ledger:
@@ -56,12 +57,13 @@ class Ledger:
         self._log = options.logger
         self._lock = threading.Lock()
         self._counts = {"sent": 0, "failed": 0, "retries": 0, "batches": 0}
-        self._counts.update(recovered=0, resent=0, failed_requests=0)
+        self._counts.update(recovered=0, resent=0, failed_requests=0, spool_failures=0)
         self._last_success_at: float | None = None
         self._last_error: str | None = None
         self._dropped: dict[str, int] = {}
         self._last_warning: dict[str, float] = {}
         self._parked: dict[str, tuple[int, list[bytes]]] = {}  # reason -> (count, events)
+        self._notices: list[BaseException] = []  # for on_error, no event lost (see notice)
         self.losses = 0  # every lost event so far: flush() compares it to say "all sent"
 
     # -- counting ----------------------------------------------------------------------
@@ -149,10 +151,20 @@ class Ledger:
                 events.append(data)
             self._parked[reason] = (count + 1, events)
 
+    def notice(self, error: BaseException) -> None:
+        """An outage that loses no event (the spool fell back to memory): passed to
+        ``on_error`` with no events by the sender (``report_parked``), never from a
+        caller's thread, which may hold the worker's lock a callback could need."""
+        with self._lock:
+            self._notices.append(error)
+
     def report_parked(self) -> None:
-        """Report every parked loss, one ``on_error`` call per reason."""
+        """Report every parked loss, one ``on_error`` call per reason, and notices."""
         with self._lock:
             parked, self._parked = self._parked, {}
+            notices, self._notices = self._notices, []
+        for notice in notices:
+            self.call("on_error", notice, [])
         for reason, (count, events) in parked.items():
             message = f"{count} events dropped ({reason})"
             if count > len(events):

@@ -178,13 +178,38 @@ def unlink(path: str) -> None:
 
 
 class Segment:
-    __slots__ = ("fd", "path", "seq", "size")
+    __slots__ = ("fd", "first_seq", "layout", "path", "seq", "size")
 
-    def __init__(self, seq: int, fd: int, path: str, size: int) -> None:
+    def __init__(
+        self,
+        seq: int,
+        fd: int,
+        path: str,
+        size: int,
+        layout: fmt.Layout = fmt.V2,
+        first_seq: int | None = None,
+    ) -> None:
         self.seq = seq
         self.fd = fd
         self.path = path
         self.size = size  # bytes that hold complete records (own log) or the file size
+        self.layout = layout
+        self.first_seq = first_seq  # of its first record; None: unknown (a damaged header)
+
+
+def load_segment(path: str, seq: int) -> Segment | None:
+    """A segment file opened for reading, its format recognised; None if it is gone.
+    SpoolNewerFormat (the descriptor closed) for a newer klime_mp's file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        layout, first_seq = fmt.classify(os.pread(fd, fmt.READ_AHEAD, 0), path)
+        return Segment(seq, fd, path, os.fstat(fd).st_size, layout, first_seq)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 class Log:
@@ -225,14 +250,19 @@ class Log:
                 taken = self._take_unread(cursor, max_events, max_bytes)
                 if taken:
                     return taken
-                view = [(s.seq, s.fd, s.size) for s in self._segments if s.seq >= cursor.segment]
+                view = [
+                    (s.seq, s.fd, s.size, s.layout)
+                    for s in self._segments
+                    if s.seq >= cursor.segment
+                ]
+                appended = self._appended_seq()
             batch = fmt.Batch()
             ends: list[int] = []
             last = cursor
-            for seq, fd, size in view:
+            for seq, fd, size, layout in view:
                 offset = cursor.offset if seq == cursor.segment else 0
                 before = len(batch.ends)
-                stop = fmt.read(fd, offset, size, max_events, max_bytes, batch)
+                stop = fmt.read(fd, offset, size, max_events, max_bytes, batch, layout)
                 ends.extend(map((seq << SEQ_SHIFT).__add__, batch.ends[before:]))
                 last = Position(seq, stop)
                 if stop < size or len(batch.payloads) >= max_events:
@@ -240,15 +270,17 @@ class Log:
             with self._lock:
                 if generation != self._generation:
                     continue  # a segment was dropped under the read: read again
-                self._count_torn(cursor, last, batch.corrupt)
-                self._advance(last, ends)
+                at_end = bool(view) and last == Position(view[-1][0], view[-1][2])
+                self._count_torn(batch, appended if at_end else None)
+                self._advance(last, ends, batch.seqs)
             return batch.payloads
 
-    def _advance(self, last: Position, ends: list[int]) -> None:
-        """Records ending at ``ends``, up to ``last``, were taken. Caller holds ``_lock``."""
+    def _advance(self, last: Position, ends: list[int], seqs: list[int]) -> None:
+        """Records ending at ``ends`` (numbered ``seqs``), up to ``last``, were taken.
+        Caller holds ``_lock``."""
         self._cursor = last
         self._in_flight.extend(ends)
-        self._taken(ends)
+        self._taken(ends, seqs)
         if ends and last > self._sent:  # one pwrite per batch: what may arrive
             self._sent = last
             self._persist()
@@ -309,8 +341,9 @@ class Log:
     def _has_data_after_ack(self) -> bool:
         acked = self._acked
         return any(
-            s.seq > acked.segment or (s.seq == acked.segment and s.size > acked.offset)
+            s.size > max(s.layout.start, acked.offset if s.seq == acked.segment else 0)
             for s in self._segments
+            if s.seq >= acked.segment
         )
 
     def _close_files(self, delete: bool) -> None:
@@ -338,10 +371,14 @@ class Log:
     def _settled(self, count: int) -> None:
         pass
 
-    def _count_torn(self, start: Position, end: Position, corrupt: int) -> None:
-        pass
+    def _count_torn(self, batch: fmt.Batch, appended: int | None) -> None:
+        """A read from disk is done (``appended``: it reached the end of the data, where
+        the record numbered ``appended`` was the last written, when known)."""
 
-    def _taken(self, ends: list[int]) -> None:
+    def _appended_seq(self) -> int | None:
+        return None
+
+    def _taken(self, ends: list[int], seqs: list[int]) -> None:
         pass
 
     def _take_unread(self, cursor: Position, max_events: int, max_bytes: int) -> list[bytes]:

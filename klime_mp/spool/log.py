@@ -1,67 +1,47 @@
-"""The spool: a durable, per-process, append-only event log on local disk.
+"""The spool: a durable, per-process, append-only event log on local disk (the files,
+their formats and what each edge does are in docs/spool.md).
 
 With a spool, every accepted event is written to a file before ``track()`` returns, so it
 survives any death of its process; a live process of the same app (or the next one to
 start) claims what a dead one left and sends it.
 
 Layout: one directory per app, ``<spool_dir>/<16 hex of sha256(endpoint NUL write_key)>``
-(the key itself is never on disk, and a process only ever reads its own app's events).
-In it, every process that writes has one *log*, named ``<pid>-<8 random hex>``:
-
-- ``<log>.ledger``: the ownership lock and the acknowledged position (see spool_format);
-- ``<log>-<seq>.seg``: segments of framed records, appended to, rolled past
-  ``SEGMENT_BYTES``, deleted once every record in them is acknowledged.
-
-Directories are 0700, files 0600. Anything else in the directory is skipped with one warning.
+(the key is never on disk). Every process that writes has one *log* there, named
+``<pid>-<8 random hex>``: ``<log>.ledger`` (the ownership lock and the acknowledged
+position) and ``<log>-<seq>.seg`` segments of numbered records (``spool.format``), rolled
+past ``SEGMENT_BYTES``, deleted once every record in them is acknowledged. Directories are
+0700, files 0600.
 
 Liveness: a log belongs to whoever holds a POSIX record lock (``lockf``) on its ledger,
-taken before the ledger appears under its final name (created under a temporary name,
-locked, renamed) and held for the writer's whole life. The kernel releases it on *any*
-death and ``fork()`` does not pass it to a child, so a log whose lock can be taken is an
-orphan, whatever its name says (the PID in it is for people; no PID is ever compared).
-Not ``flock``: that belongs to the open file, which a forked child shares. Local
-filesystems only (network filesystems may not release a dead process's locks).
+taken before the ledger appears under its final name and held for the writer's whole life.
+The kernel releases it on *any* death and ``fork()`` does not pass it to a child, so a log
+whose lock can be taken is an orphan (the PID in its name is for people). Not ``flock``:
+that belongs to the open file, which a forked child shares. POSIX locks belong to the
+process and closing *any* descriptor of a locked file drops them, so this process never
+opens a file it holds a second time (a per-process registry decides before any ``open``).
 
-POSIX locks belong to the process (another thread's ``lockf`` succeeds) and closing *any*
-descriptor of a locked file drops them, so this process never opens a file it holds a
-second time: a per-process registry of held ledgers (reset in a forked child) decides
-before any ``open``. A claimer checks that the path still names the file it locked.
+Durability: one ``write`` per event, no ``fsync`` (``EventLog.sync()`` forces it out at
+chosen points). A record torn by a kill mid-write fails its checksum: skipped, and counted
+in events by the gap in the sequence numbers (``spool.sequence``).
 
-Durability: one ``write`` per event, no ``fsync``: the record is in the page cache when
-``append`` returns, so it survives the death of the process, not a power loss
-(``EventLog.sync()`` forces it out at chosen points). A record torn by a crash or a kill
-mid-write fails its checksum: skipped, counted, and the records after it still read.
-
-Delivered records leave the disk: the segment being written is rolled as soon as all of it
-is acknowledged and it holds ``ROLL_ACKED_BYTES`` (or is ``ROLL_ACKED_AGE_S`` old), and an
-acknowledged segment is deleted. See docs/spool.md for what each edge does.
-
-Limits: ``max_bytes`` bounds the undelivered bytes of the whole app directory,
-approximately (checked when a segment rolls and every ``CHECK_EVERY_BYTES`` written, not per
-event); over it the oldest segments go first (``spool.limit``), their records passed to
-``on_loss``.
-
-Modules: the record and ledger formats are in ``spool.format``; naming, the registry,
-locking and reading in ``spool.files``; dead processes' logs in ``spool.orphans``; the size
-limit in ``spool.limit``; the in-memory copy of the newest records, which a sender keeping
-up takes instead of reading them back, in ``spool.unread``; ``status`` in ``spool.status``.
+Modules: ``format``, ``files`` (naming, locks, reading), ``create``, ``orphans``, ``limit``
+(undelivered bytes, checked every ``CHECK_EVERY_BYTES``), ``unread``, ``sequence``, ``status``.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import secrets
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from klime_mp.errors import SpoolUnavailable
 from klime_mp.spool import format as fmt
 from klime_mp.spool import limit
 from klime_mp.spool.create import (
+    app_directory,
     create_ledger,
     open_segment,
     prepare_directory,
@@ -82,6 +62,7 @@ from klime_mp.spool.files import (
 )
 from klime_mp.spool.format import START, Position
 from klime_mp.spool.orphans import Orphan, claim_orphan
+from klime_mp.spool.sequence import Numbering
 from klime_mp.spool.status import AppStatus, app_directories, remember_endpoint, status
 from klime_mp.spool.unread import Unread
 
@@ -121,16 +102,6 @@ SPOOL_FULL = "spool_full"  # the on_loss reason when the size limit drops record
 LossCallback = Callable[[str, list[bytes]], None]
 
 
-def app_directory(spool_dir: PathLike, endpoint: str, write_key: str) -> Path:
-    """The directory of one app's logs: a digest of endpoint and key, never the key."""
-    if not isinstance(endpoint, str):
-        raise TypeError(f"endpoint must be a str, got {type(endpoint).__name__}")
-    if not isinstance(write_key, str):
-        raise TypeError(f"write_key must be a str, got {type(write_key).__name__}")
-    digest = hashlib.sha256(f"{endpoint}\0{write_key}".encode()).hexdigest()[:16]
-    return Path(spool_dir) / digest
-
-
 # -- this process's own log --------------------------------------------------------------
 
 
@@ -156,7 +127,7 @@ class EventLog(Log):
         self._unchecked = 0  # bytes written since the size limit was last checked
         self._roll = False  # the active segment is full (or a failed write spoilt it)
         self._active_since = time.monotonic()
-        self._seen = START  # corrupt regions are counted once, on first read
+        self._numbers = Numbering()  # records' sequence numbers: losses in events
         self._unread = Unread(pack_position(START))  # the newest records, for a sender keeping up
 
     @classmethod
@@ -183,7 +154,7 @@ class EventLog(Log):
         else:
             raise SpoolUnavailable(f"cannot create a unique log name in {directory}")
         try:
-            first = open_segment(directory, log_id, 1)
+            first = open_segment(directory, log_id, 1, first_seq=1)
         except OSError as exc:
             unlink(ledger_path(directory, log_id))
             os.close(ledger_fd)
@@ -199,7 +170,7 @@ class EventLog(Log):
         No PID check here (it would cost a system call per event): a forked child must not
         call this on its parent's log; the caller's fork detection calls ``abandon()``.
         """
-        record = fmt.frame(data)
+        record = fmt.frame(data, self._numbers.written + 1)
         if self._unchecked >= CHECK_EVERY_BYTES or self._roll:
             self._maintain()
         with self._lock:
@@ -212,6 +183,7 @@ class EventLog(Log):
             segment.size += written
             self._unread.add((segment.seq << SEQ_SHIFT) + segment.size, data)
             self._appended += 1
+            self._numbers.written += 1
         self._unchecked += written
         if segment.size >= SEGMENT_BYTES:
             self._roll = True
@@ -220,14 +192,41 @@ class EventLog(Log):
         """Records appended and not yet acknowledged (nor dropped by the size limit)."""
         return self._appended - self._settled_count
 
+    def detached(self) -> bool:
+        """Whether this log's files are gone from where they were (the directory, the
+        ledger or the segment being written was removed or replaced): appends would still
+        succeed, into files no successor can find. Two ``stat`` and two ``fstat``."""
+        with self._lock:  # the sender may roll (and close) the active segment meanwhile
+            if self._closed:
+                return False
+            try:
+                files = ((self._ledger_path, self._ledger_fd), (self._active.path, self._active.fd))
+                for path, fd in files:
+                    if os.stat(path).st_ino != os.fstat(fd).st_ino:
+                        return True
+            except OSError:
+                return True
+        return False
+
     def sync(self) -> None:
-        """Force what was appended to the disk (``fdatasync``): for callers that want it to
-        survive a power loss at a chosen point, e.g. an explicit flush. Costs a disk flush."""
+        """Force the records appended so far to the disk (``fdatasync`` of the segments, and
+        ``fsync`` of the directory for new files), outside ``_lock`` on duplicated
+        descriptors so appends never wait on the disk. Not the ledger: closing a duplicate
+        would drop its lock, and a stale one only resends what was delivered."""
         with self._lock:
             self._check_open()
-            for segment in self._segments:  # a roll since the last sync left older ones
-                os.fdatasync(segment.fd)
-            os.fdatasync(self._ledger_fd)
+            fds = [os.dup(segment.fd) for segment in self._segments]
+        try:
+            for fd in fds:
+                os.fdatasync(fd)
+            directory = os.open(self._app_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def close(self) -> None:
         """Delete the files if everything was acknowledged, else leave them (unlocked) to a
@@ -261,7 +260,8 @@ class EventLog(Log):
             os.ftruncate(segment.fd, segment.size)
         except OSError:
             self._roll = True
-        raise OSError(errno.ENOSPC, f"short write to the spool ({written} bytes)")
+        reason = f"{os.strerror(errno.ENOSPC)} (a short write: {written} bytes)"
+        raise OSError(errno.ENOSPC, reason)
 
     def _maintain(self) -> None:
         # The caller's lock is held (one appender): roll and size checks need no more.
@@ -273,7 +273,8 @@ class EventLog(Log):
 
     def _roll_locked(self) -> None:
         # Under _lock: the sender rolls too (below), not only the appender.
-        segment = open_segment(self._app_dir, self._log_id, self._active.seq + 1)
+        seq = self._numbers.written + 1
+        segment = open_segment(self._app_dir, self._log_id, self._active.seq + 1, first_seq=seq)
         self._segments.append(segment)
         self._active = segment
         self._active_since = time.monotonic()
@@ -288,7 +289,10 @@ class EventLog(Log):
             and acked.offset >= active.size
             and (
                 active.size >= ROLL_ACKED_BYTES
-                or (active.size and time.monotonic() - self._active_since >= ROLL_ACKED_AGE_S)
+                or (
+                    active.size > active.layout.start
+                    and time.monotonic() - self._active_since >= ROLL_ACKED_AGE_S
+                )
             )
         ):
             try:  # all of it delivered: free it now, not at the next append
@@ -333,6 +337,7 @@ class EventLog(Log):
             batch = fmt.Batch()
             if cursor.segment <= seq:
                 fmt.read(segment.fd, start, segment.size, EVERYTHING, EVERYTHING, batch)
+                self._numbers.dropped(batch.seqs)
             os.ftruncate(segment.fd, 0)  # frees the space now; the reader closes the fd
             self._unread.clear()  # it may hold some of these records: they are lost now
             unlink(segment.path)
@@ -358,20 +363,38 @@ class EventLog(Log):
 
     def _take_unread(self, cursor: Position, max_events: int, max_bytes: int) -> list[bytes]:
         # From memory while the sender keeps up (see spool_unread).
-        payloads, ends = self._unread.take(pack_position(cursor), max_events, max_bytes)
+        unread = self._unread
+        payloads, ends = unread.take(pack_position(cursor), max_events, max_bytes)
         if payloads:
-            # Not _count_torn: that region of the disk is still unread, and a rewind
-            # that reads it must count what it finds damaged there.
-            self._advance(unpack_position(ends[-1]), ends)
+            self._numbers.taken(unread.first_taken, len(payloads))
+            self._advance(unpack_position(ends[-1]), ends, [])
         return payloads
 
-    def _count_torn(self, start: Position, end: Position, corrupt: int) -> None:
-        if start >= self._seen:
-            self.torn += corrupt
-            if corrupt:
-                warn_once(
-                    f"torn:{self._ledger_path}",
-                    "spool: corrupt records skipped in %s",
-                    self._ledger_path,
-                )
-        self._seen = max(self._seen, end)
+    def _taken(self, ends: list[int], seqs: list[int]) -> None:
+        self._numbers.taken_from_disk(seqs)
+
+    def acknowledge(self, count: int) -> None:
+        super().acknowledge(count)
+        with self._lock:
+            self._numbers.acknowledged(count)
+
+    def rewind(self) -> None:
+        super().rewind()
+        with self._lock:
+            self._numbers.rewound()
+
+    def _appended_seq(self) -> int | None:
+        return self._numbers.written
+
+    def _count_torn(self, batch: fmt.Batch, appended: int | None) -> None:
+        # A region first served from memory and found damaged on disk after a rewind
+        # counts here: its numbers were never taken from disk (see spool.sequence).
+        lost = self._numbers.lost(batch, appended)
+        if lost:
+            self.torn += lost
+            warn_once(
+                f"torn:{self._ledger_path}",
+                "spool: damaged records skipped in %s (%d events)",
+                self._ledger_path,
+                lost,
+            )

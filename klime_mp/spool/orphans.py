@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+from typing import NamedTuple
 
+from klime_mp.errors import SpoolForeignOwner, SpoolNewerFormat
 from klime_mp.spool import format as fmt
 from klime_mp.spool.files import (
     EVERYTHING,
@@ -24,6 +26,7 @@ from klime_mp.spool.files import (
     Segment,
     ledger_path,
     list_directory,
+    load_segment,
     lock_existing,
     reserve,
     settle,
@@ -54,7 +57,26 @@ def is_stray(app_dir: str, listing: Listing, log_id: str, found: FileInfo) -> bo
         log_id not in listing.ledgers
         and time.time() - found.mtime > STALE_TEMP_S
         and not os.path.exists(ledger_path(app_dir, log_id))
+        and not _is_newer(found.path)
     )
+
+
+def _is_newer(path: str) -> bool:
+    """A newer klime_mp's file, whose rules for leftovers this version does not know, or
+    another user's: neither is ours to delete."""
+    try:
+        segment = load_segment(path, 0)
+        if segment is not None:
+            try:
+                check_owner(segment.fd, path)
+            finally:
+                os.close(segment.fd)
+    except (SpoolNewerFormat, SpoolForeignOwner) as exc:
+        warn_once(f"leave:{path}", "spool: leaving %s as it is: %s", path, exc)
+        return True
+    except OSError:
+        return False
+    return False
 
 
 class Orphan(Log):
@@ -104,20 +126,15 @@ class Orphan(Log):
         self._close_files(delete=empty or not self._has_data_after_ack())
 
     def scan(self) -> None:
-        """Count the records after the acknowledged position, and the corrupt regions."""
-        total, corrupt = 0, 0
-        for segment in self._segments:
-            start = self._acked.offset if segment.seq == self._acked.segment else 0
-            batch = fmt.Batch()
-            fmt.read(segment.fd, start, segment.size, EVERYTHING, EVERYTHING, batch)
-            total += len(batch.payloads)
-            corrupt += batch.corrupt
-        self._total, self.torn = total, corrupt
+        """Count the records after the acknowledged position, and the events lost in
+        damaged regions (see ``scan``)."""
+        found = scan(self._segments, self._acked)
+        self._total, self.torn = found.pending, found.lost
 
     def _settled(self, count: int) -> None:
         self._done += count
 
-    def _taken(self, ends: list[int]) -> None:
+    def _taken(self, ends: list[int], seqs: list[int]) -> None:
         fresh = [end for end in ends if end > self._counted]
         self.resent += sum(1 for end in fresh if end <= self._was_sent)
         if fresh:
@@ -131,18 +148,72 @@ class Orphan(Log):
         batch = fmt.Batch()
         if seq >= self._acked.segment:
             start = self._acked.offset if seq == self._acked.segment else 0
-            fmt.read(segment.fd, start, segment.size, EVERYTHING, EVERYTHING, batch)
+            fmt.read(segment.fd, start, segment.size, EVERYTHING, EVERYTHING, batch, segment.layout)
         unlink(segment.path)
         self._segments.remove(segment)
         os.close(segment.fd)
         return batch.payloads
 
 
+class Scan(NamedTuple):
+    pending: int  # intact records after the acknowledged position
+    lost: int  # events lost in damaged regions there
+    oldest: float | None  # when the first of them was appended
+
+
+def scan(segments: list[Segment], acked: Position) -> Scan:
+    """What a log holds after ``acked``. Losses are counted in events by the gaps in the
+    records' sequence numbers (a damaged tail, with nothing intact after it, counts as one,
+    the least it can be); in a version-1 file, without numbers, one per damaged region."""
+    total, lost, tail = 0, 0, False
+    oldest: float | None = None
+    before: int | None = None  # the number of the last record before the reading
+    for segment in segments:
+        layout = segment.layout
+        start = acked.offset if segment.seq == acked.segment else 0
+        batch = fmt.Batch()
+        fmt.read(segment.fd, start, segment.size, EVERYTHING, EVERYTHING, batch, layout)
+        total += len(batch.payloads)
+        if oldest is None and batch.payloads:
+            at = batch.ends[0] - len(batch.payloads[0]) - layout.header
+            oldest = fmt.record_time(segment.fd, at, layout)
+        first = segment.first_seq
+        if before is None:
+            before = _number_before(segment, start)
+        elif first is not None and first - 1 > before:  # the previous segment's tail
+            lost, tail = lost + first - 1 - before, False
+            before = first - 1
+        if not layout.sequenced or before is None:
+            lost += batch.corrupt  # no numbers to count with
+            before = None
+            continue
+        lost += fmt.gaps(batch.seqs, before, before)
+        before = batch.seqs[-1] if batch.seqs else before
+        tail = batch.tail
+    return Scan(total, lost + tail, oldest)
+
+
+def _number_before(segment: Segment, start: int) -> int | None:
+    """The number of the record just before ``start`` in ``segment`` (read from the
+    segment's beginning), or None when nothing says it."""
+    layout = segment.layout
+    if not layout.sequenced:
+        return None
+    if start > layout.start:
+        prefix = fmt.Batch()
+        fmt.read(segment.fd, 0, start, EVERYTHING, EVERYTHING, prefix, layout)
+        if prefix.seqs:
+            return prefix.seqs[-1]
+    return None if segment.first_seq is None else segment.first_seq - 1
+
+
 def claim_orphan(app_dir: PathLike) -> Orphan | None:
     """Claim one log of a dead process that still has records; None if there is none.
 
     Exactly one claimer wins each orphan, across processes (the ledger's lock) and across
-    threads of this process (the registry). Orphans with nothing left are deleted on the way.
+    threads of this process (the registry). Orphans with nothing left are deleted on the way;
+    one whose records are all damaged is returned (``torn`` says how many events that cost),
+    so that the loss is counted before its files go. A log in a newer format is left alone.
     """
     directory = os.path.realpath(os.fspath(app_dir))
     try:
@@ -158,7 +229,7 @@ def claim_orphan(app_dir: PathLike) -> Orphan | None:
         orphan = claim(directory, log_id, scan=True)
         if orphan is None:
             continue
-        if orphan.pending():
+        if orphan.pending() or orphan.torn:
             return orphan
         orphan.release()  # nothing left in it: deleted
     return None
@@ -178,6 +249,11 @@ def claim(app_dir: str, log_id: str, *, scan: bool) -> Orphan | None:
         orphan = _load_orphan(app_dir, log_id, fd)
         if scan:
             orphan.scan()
+    except (SpoolNewerFormat, SpoolForeignOwner) as exc:
+        warn_once(f"leave:{path}", "spool: leaving %s as it is: %s", log_id, exc)
+        os.close(fd)
+        settle(path, None)
+        return None
     except OSError as exc:
         warn_once(f"claim:{path}", "spool: cannot read %s: %s", path, exc)
         os.close(fd)
@@ -187,8 +263,19 @@ def claim(app_dir: str, log_id: str, *, scan: bool) -> Orphan | None:
     return orphan
 
 
+def check_owner(fd: int, path: str) -> None:
+    owner = os.fstat(fd).st_uid
+    if owner != os.geteuid():
+        raise SpoolForeignOwner(f"{path} belongs to uid {owner}, not to this process's")
+
+
 def _load_orphan(app_dir: str, log_id: str, ledger_fd: int) -> Orphan:
-    marks = fmt.unpack_ledger_marks(os.pread(ledger_fd, fmt.LEDGER_BYTES + 1, 0))
+    path = ledger_path(app_dir, log_id)
+    check_owner(ledger_fd, path)
+    raw = os.pread(ledger_fd, fmt.LEDGER_BYTES + 1, 0)
+    if fmt.ledger_is_newer(raw):
+        raise SpoolNewerFormat(path, f"{raw[:4]!r}")
+    marks = fmt.unpack_ledger_marks(raw)
     if marks is None:
         warn_once(f"ledger:{log_id}", "spool: unreadable ledger of %s: resending it all", log_id)
         marks = START, START
@@ -196,19 +283,23 @@ def _load_orphan(app_dir: str, log_id: str, ledger_fd: int) -> Orphan:
     segments: list[Segment] = []
     prefix = f"{log_id}-"
     names = sorted(name for name in os.listdir(app_dir) if name.startswith(prefix))
-    for name in names:
-        match = SEGMENT_NAME.match(name)
-        if match is None or match[1] != log_id:
-            continue
-        seq, path = int(match[2]), os.path.join(app_dir, name)
-        if seq < acked.segment:  # acknowledged; its owner died before deleting it
-            unlink(path)
-            continue
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue
-        segments.append(Segment(seq, fd, path, os.fstat(fd).st_size))
+    try:
+        for name in names:
+            match = SEGMENT_NAME.match(name)
+            if match is None or match[1] != log_id:
+                continue
+            seq, segment_file = int(match[2]), os.path.join(app_dir, name)
+            if seq < acked.segment:  # acknowledged; its owner died before deleting it
+                unlink(segment_file)
+                continue
+            segment = load_segment(segment_file, seq)
+            if segment is not None:
+                segments.append(segment)
+                check_owner(segment.fd, segment_file)
+    except BaseException:
+        for segment in segments:
+            os.close(segment.fd)
+        raise
     return Orphan(app_dir, log_id, ledger_fd, (acked, sent), segments)
 
 

@@ -10,20 +10,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from klime_mp.errors import SpoolNewerFormat
 from klime_mp.spool import format as fmt
 from klime_mp.spool.files import (
     APP_NAME,
-    EVERYTHING,
+    FileInfo,
     Log,
     PathLike,
+    Segment,
     held_by,
     ledger_path,
     list_directory,
+    load_segment,
     reserve,
     settle,
     warn_once,
 )
 from klime_mp.spool.format import START, Position
+from klime_mp.spool.orphans import Scan, scan
 
 # "<spool_dir>/<app>.endpoint" names the endpoint an app directory sends to: the directory
 # name is a digest of endpoint and write key, which tells an operator nothing.
@@ -45,7 +49,8 @@ class AppStatus:
     oldest_pending_age: float | None  # seconds since the oldest pending record was written
     live: int  # logs held by a live process (writers, and claimers of orphans)
     orphans: int  # logs of dead processes waiting for a claimer
-    torn: int  # corrupt regions in orphans (a live writer's tail may be mid-write)
+    torn: int  # events lost in damaged records of orphans (a live writer's tail may be mid-write)
+    newer: int = 0  # logs in a newer klime_mp's format: left as they are, never deleted
 
 
 def status(spool_dir: PathLike) -> list[AppStatus]:
@@ -70,18 +75,24 @@ def app_directories(spool_dir: PathLike) -> list[Path]:
 def _app_status(app_dir: Path) -> AppStatus:
     directory = os.path.realpath(app_dir)
     listing = list_directory(directory)
-    live = orphans = pending = torn = 0
+    live = orphans = pending = torn = newer = 0
     oldest: float | None = None
     for log_id in listing.ledgers:
         alive, acked = _inspect(ledger_path(directory, log_id))
+        files = listing.segments.get(log_id, {})
+        try:
+            found = _scan(files, acked)
+        except SpoolNewerFormat:
+            newer += 1
+            continue
+        if acked is None:
+            newer += 1
+            continue
         live += alive
         orphans += not alive
-        files = listing.segments.get(log_id, {})
-        for seq in sorted(files):
-            count, corrupt, first = _count(files[seq].path, acked, seq)
-            pending, torn = pending + count, torn + (0 if alive else corrupt)
-            if first is not None and (oldest is None or first < oldest):
-                oldest = first
+        pending, torn = pending + found.pending, torn + (0 if alive else found.lost)
+        if found.oldest is not None and (oldest is None or found.oldest < oldest):
+            oldest = found.oldest
     age = None if oldest is None else max(0.0, time.time() - oldest)
     return AppStatus(
         app=app_dir.name,
@@ -94,7 +105,22 @@ def _app_status(app_dir: Path) -> AppStatus:
         live=live,
         orphans=orphans,
         torn=torn,
+        newer=newer,
     )
+
+
+def _scan(files: dict[int, FileInfo], acked: Position | None) -> Scan:
+    segments: list[Segment] = []
+    try:
+        for seq in sorted(files):
+            if acked is None or seq >= acked.segment:
+                segment = load_segment(files[seq].path, seq)  # SpoolNewerFormat: say so
+                if segment is not None:
+                    segments.append(segment)
+        return scan(segments, acked or START)
+    finally:
+        for segment in segments:
+            os.close(segment.fd)
 
 
 def remember_endpoint(app_dir: Path, endpoint: str) -> None:
@@ -125,8 +151,9 @@ def endpoint_of(app_dir: Path) -> str | None:
         return None
 
 
-def _inspect(ledger: str) -> tuple[bool, Position]:
-    """Whether a live process holds the ledger, and its acknowledged position."""
+def _inspect(ledger: str) -> tuple[bool, Position | None]:
+    """Whether a live process holds the ledger, and its acknowledged position (None: the
+    ledger is in a newer format)."""
     holder = held_by(ledger)
     if isinstance(holder, Log):
         return True, holder.acknowledged_position()
@@ -138,7 +165,8 @@ def _inspect(ledger: str) -> tuple[bool, Position]:
         settle(ledger, None)
         return False, START
     try:
-        acked = fmt.unpack_ledger(os.pread(fd, fmt.LEDGER_BYTES + 1, 0)) or START
+        raw = os.pread(fd, fmt.LEDGER_BYTES + 1, 0)
+        acked = None if fmt.ledger_is_newer(raw) else (fmt.unpack_ledger(raw) or START)
         try:  # a shared lock is refused only while some process holds the exclusive one
             fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:
@@ -148,24 +176,3 @@ def _inspect(ledger: str) -> tuple[bool, Position]:
     finally:
         os.close(fd)
         settle(ledger, None)
-
-
-def _count(path: str, acked: Position, seq: int) -> tuple[int, int, float | None]:
-    """Pending records in one segment, corrupt regions, and the first one's append time."""
-    if seq < acked.segment:
-        return 0, 0, None
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return 0, 0, None
-    try:
-        start = acked.offset if seq == acked.segment else 0
-        batch = fmt.Batch()
-        fmt.read(fd, start, os.fstat(fd).st_size, EVERYTHING, EVERYTHING, batch)
-        first = None
-        if batch.payloads:
-            offset = batch.ends[0] - len(batch.payloads[0]) - fmt.HEADER_BYTES
-            first = fmt.record_time(fd, offset)
-        return len(batch.payloads), batch.corrupt, first
-    finally:
-        os.close(fd)

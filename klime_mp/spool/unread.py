@@ -33,10 +33,15 @@ class Unread:
         # between (one appender; a failed write is cut off or followed by a new segment,
         # where a reader goes on), so the run needs no other check.
         self._start = origin
+        # Records are numbered as the log numbers them (1, 2, ...): every record the log
+        # writes is added here, in order, and a failed write takes no number.
+        self._added = 0
+        self.first_taken = 0  # the number of the first record the last take() returned
 
     def add(self, end: int, payload: bytes) -> None:
         """A record just written, ending at ``end`` (packed), right after the previous one."""
         self._records.append((end, payload))
+        self._added += 1
         self._bytes += len(payload)
         while self._bytes > self._max_bytes:
             self._drop_first()
@@ -51,6 +56,7 @@ class Unread:
         ends: list[int] = []
         if cursor != self._start:
             return payloads, ends
+        self.first_taken = self._added - len(records) + 1
         size = 0
         while records and len(payloads) < max_events:
             length = len(records[0][1])
