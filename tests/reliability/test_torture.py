@@ -12,9 +12,9 @@ What no process can know is "uncertain", and only at-most-once is required of it
 
 - an event whose ``track()`` began but whose acceptance was never recorded (the writer
   was killed in between): it may or may not be on disk;
-- an event a killed writer accepted after its spool failed (the disk was full): it was
-  kept in memory, and the only process that could report its loss is dead. (A spool that
-  comes back after ENOSPC narrows this; until then a killed writer's memory is gone.)
+- an event a killed writer accepted while its spool had stopped working (the disk was
+  full, until its next try after the disk was freed): it was kept in memory, and the only
+  process that could report its loss is dead;
 - the flipped event of a log claimed by a writer that was killed later: that claimer's
   ``spool_torn`` count died with it. The last flip has no kill after it, so its count
   must be there.
@@ -281,6 +281,8 @@ def check_identity(
         assert any(p.spool_failed for p in processes), figures  # the disk was full
 
 
+# Found by this test before the spool's sequence numbers landed: an orphan whose records
+# were all corrupt was deleted at the claim with a log line only, its loss in no stats().
 DIES_WITH_ONE_EVENT = """
 import os, signal, sys
 from klime_mp import KlimeClient
@@ -291,12 +293,6 @@ os.kill(os.getpid(), signal.SIGKILL)  # before its sender's first batch is due
 
 
 @pytest.mark.fork
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by the torture test: an orphan whose unacknowledged records are all "
-    "corrupt is deleted at the claim (claim_orphan: pending() == 0) with only a log "
-    "line; its spool_torn loss reaches no process's stats()",
-)
 def test_a_dead_log_holding_only_a_corrupt_record_counts_its_loss(
     tmp_path: Path, collector: Collector
 ) -> None:

@@ -209,24 +209,30 @@ class Process:
     name: str
     intents: list[str] = field(default_factory=list)
     accepted: list[str] = field(default_factory=list)
-    in_memory: list[str] = field(default_factory=list)  # accepted after the spool failed
+    in_memory: list[str] = field(default_factory=list)  # accepted while the spool failed
     reports: list[dict[str, Any]] = field(default_factory=list)
     stats: dict[str, Any] | None = None  # None: it never exited cleanly (SIGKILLed)
-    spool_failed: bool = False
+    spool_failed: bool = False  # at some point
+    notices: int = 0  # on_error calls that reported no loss (the spool stopped working)
 
     @classmethod
     def read(cls, path: Path) -> Process:
         process = cls(path.stem)
+        in_memory = False
         for line in path.read_bytes().decode().splitlines():
             kind, _, rest = line.partition(" ")
             if kind == "i":
                 process.intents.append(rest)
             elif kind == "a":
                 process.accepted.append(rest)
-                if process.spool_failed:
+                if in_memory:
                     process.in_memory.append(rest)
             elif kind == "m":
-                process.spool_failed = True
+                process.spool_failed = in_memory = True
+            elif kind == "d":
+                in_memory = False
+            elif kind == "n":
+                process.notices += 1
             elif kind == "e":
                 process.reports.append(json.loads(rest))
             elif kind == "s":

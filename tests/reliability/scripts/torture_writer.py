@@ -12,12 +12,14 @@ does not simulate, so no fsync: it would only slow the writers down)::
     i <id>                 about to call track() for <id>: the intent
     a <id>                 track() returned: the event was accepted
     m <why>                the spool failed (a full disk): what follows is kept in memory
-    e {"reason": ..., "count": ..., "message": ..., "ids": [...]}   one on_error call
+    d <why>                the spool works again: what follows is durable again
+    e {"reason": ..., "count": ..., "message": ..., "ids": [...]}   one on_error call: a loss
+    n {"error": ...}       one on_error call that is a notice, not a loss (the spool failed)
     s {stats()}            a clean exit: the client's counters after shutdown()
 
 An id with ``i`` and no ``a`` was cut short by a kill inside track(): it may or may not
-be on disk. ``m`` is written by a log handler from inside the track() whose spool write
-failed, so it comes before that event's ``a``.
+be on disk. ``m`` and ``d`` are written by a log handler from inside the track() whose
+spool write failed (or worked again), so they come before that event's ``a``.
 
 ``--drain`` is the last process of the run: it tracks one event, waits until the logs of
 every dead writer are claimed and delivered (the sender claims them on its own, as any
@@ -62,7 +64,7 @@ class Record:
 
 
 class SpoolFallback(logging.Handler):
-    """Notes the moment the client stops writing to disk (a full disk)."""
+    """Notes the moments the client stops writing to disk (a full disk) and starts again."""
 
     def __init__(self, record: Record) -> None:
         super().__init__(logging.WARNING)
@@ -70,14 +72,19 @@ class SpoolFallback(logging.Handler):
 
     def emit(self, entry: logging.LogRecord) -> None:
         message = entry.getMessage()
-        if "keeping events in memory" in message:
+        if "kept in memory" in message or "keeping events in memory" in message:
             self._record.line("m", json.dumps(message))
+        elif "the spool works again" in message:
+            self._record.line("d", json.dumps(message))
 
 
 def make_client(endpoint: str, spool_dir: str, record: Record) -> KlimeClient:
     def on_error(error: BaseException, events: list[dict[str, Any]]) -> None:
+        if not hasattr(error, "reason"):  # a notice (SpoolUnavailable): nothing lost
+            record.line("n", json.dumps({"error": repr(error), "events": len(events)}))
+            return
         report = {
-            "reason": getattr(error, "reason", type(error).__name__),
+            "reason": error.reason,
             "count": getattr(error, "count", len(events)),
             "message": str(error),
             "ids": [event.get("messageId") for event in events],
