@@ -96,6 +96,8 @@ def main() -> None:
         "exit_server_down_black_hole",
         "fuzz_client",
         "fuzz_collector",
+        "torture",
+        "torture_long",
     ):
         if name in runs:
             figures = {k: v for k, v in runs[name].items() if k not in ("samples", "name")}
