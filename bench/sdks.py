@@ -200,15 +200,3 @@ def quiet_logging() -> None:
     if not root.handlers:
         root.addHandler(logging.NullHandler())
     root.setLevel(logging.WARNING)
-
-
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for dist in ("klime_mp", "klime", "segment-analytics-python", "posthog", "gunicorn"):
-        try:
-            found[dist] = version(dist)
-        except PackageNotFoundError:
-            found[dist] = "not installed"
-    return found
