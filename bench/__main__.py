@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import http.client
 import json
 import os
 import platform
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench import under_gunicorn
-from bench.collector import RefusedPort, Sink
+from bench.collector import RefusedPort, Sink, connection
 from bench.sdks import BASELINES, SDKS
 from bench.table import Figures, Run, markdown, summary
 
@@ -114,8 +113,7 @@ def ceiling(sink: Sink, events: int) -> dict[str, Any]:
     event: dict[str, Any] = {"type": "track", "messageId": "0" * 36, "userId": "usr_1"}
     event |= {"event": "Report Generated", "timestamp": "2026-01-01T00:00:00Z", "properties": {}}
     body = json.dumps({"batch": [event] * 100}).encode()
-    host, port = sink.url.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port))
+    conn = connection(sink.url)
     started = time.monotonic()
     for _ in range(events // 100):
         conn.request("POST", "/v1/batch", body, {"Authorization": "Bearer k"})

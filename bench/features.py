@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import zlib
 from pathlib import Path
 from typing import Any, Callable
 
+from bench.collector import Sink
 from klime_mp import KlimeClient, events
 from klime_mp.delivery import transport
 from klime_mp.delivery.transport import Transport
@@ -161,12 +160,9 @@ def post_cpu(url: str, body: bytes, compression: str | None, posts: int) -> Call
 
 def post_costs(bodies: dict[str, bytes], posts: int, rounds: int) -> None:
     with tempfile.TemporaryDirectory() as directory:
-        db = Path(directory) / "events.sqlite3"
-        command = [sys.executable, "-m", "klime_mp", "collector", "--port", "0", "--db", str(db)]
-        server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        server = Sink(db=str(Path(directory) / "events.sqlite3"))
         try:
-            assert server.stdout is not None
-            url = server.stdout.readline().strip().rsplit(" ", 1)[-1]
+            url = server.url
             print(f"Transport.post to the local collector, CPU per event ({posts} POSTs a round):")
             for label, body in bodies.items():
                 variants = {
@@ -179,8 +175,7 @@ def post_costs(bodies: dict[str, bytes], posts: int, rounds: int) -> None:
                     f"(level {transport.GZIP_LEVEL})"
                 )
         finally:
-            server.terminate()
-            server.wait(10)
+            server.stop()
 
 
 def main() -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,14 +23,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.collector import Sink
 from klime_mp import KlimeClient
 from klime_mp.delivery import spooled
 from klime_mp.spool import log as spool_log
-
-SINK = (
-    "import sys; from klime_mp.collector import Collector; c = Collector(sink=True).start(); "
-    "print(c.url, flush=True); sys.stdin.read()"
-)
 
 
 def percentiles(samples: list[float]) -> tuple[float, float, float]:
@@ -95,20 +90,15 @@ def main() -> None:
     args = parser.parse_args()
     modes = ("memory", "spool", "spool+fsync")
     found: dict[str, dict[str, list[float]]] = {m: {} for m in modes}
-    sink = subprocess.Popen(
-        [sys.executable, "-c", SINK], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+    sink = Sink()
     try:
-        assert sink.stdout is not None
-        url = sink.stdout.readline().strip()
         with tempfile.TemporaryDirectory() as tmp:
             for _ in range(args.rounds):
                 for mode in modes:
-                    for name, samples in run(mode, url, args.events, Path(tmp)).items():
+                    for name, samples in run(mode, sink.url, args.events, Path(tmp)).items():
                         found[mode].setdefault(name, []).extend(samples)
     finally:
-        sink.kill()
-        sink.wait()
+        sink.stop()
     print(f"{args.events} events x {args.rounds} rounds; load {os.getloadavg()[0]:.1f}; µs")
     print(f"{'mode':<12} {'what':<6} {'calls':>7} {'p50':>8} {'p99':>8} {'p99.9':>8} {'max':>9}")
     for mode in modes:

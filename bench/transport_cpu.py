@@ -15,17 +15,15 @@ and klime_mp's ``Transport.post``.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import statistics
 import time
 from importlib.metadata import version
 from typing import Callable
-from urllib.parse import urlsplit
 
 import urllib3
 
-from bench.collector import Sink
+from bench.collector import Sink, connection
 from klime_mp.delivery.transport import Transport
 from klime_mp.options import build_options
 
@@ -52,15 +50,13 @@ def transport(url: str) -> Transport:
 
 
 def variants(url: str, body: bytes) -> dict[str, Callable[[], object]]:
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    conn = http.client.HTTPConnection(host, port, timeout=10)
+    conn = connection(url)
 
     def with_http_client() -> object:
         conn.request("POST", "/v1/batch", body, HEADERS)
         return conn.getresponse().read()
 
-    pool = urllib3.HTTPConnectionPool(host, port, maxsize=1, retries=False)
+    pool = urllib3.HTTPConnectionPool(conn.host, conn.port, maxsize=1, retries=False)
     ours = transport(url)
     return {
         "http.client": with_http_client,
