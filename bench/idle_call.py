@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 
 from bench.collector import Sink
 from bench.sdks import SDKS, Settings, make
+from bench.table import percentile
 
 NAMES = (*SDKS, "encode_only")
 
@@ -52,10 +52,9 @@ def main() -> None:
             idle_ns[name].append(time.perf_counter_ns() - start)
     print(f"track() after a {args.idle_ms:g} ms idle, {args.calls} calls each, µs")
     print(f"{'SDK':16} {'p50':>7} {'p90':>7} {'p50 vs klime_mp':>16}")
-    ours = statistics.median(idle_ns["klime_mp"])
+    ours = percentile(sorted(idle_ns["klime_mp"]), 0.5)
     for name in NAMES:
-        times = sorted(idle_ns[name])
-        p50, p90 = statistics.median(times), times[int(0.9 * (len(times) - 1))]
+        p50, p90 = (percentile(sorted(idle_ns[name]), q) for q in (0.5, 0.9))
         print(f"{name:16} {p50 / 1000:7.1f} {p90 / 1000:7.1f} {p50 / ours:15.2f}x")
     sink.stop()
     os._exit(0)  # no SDK's exit flush: the sink is gone

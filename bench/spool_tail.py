@@ -24,15 +24,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.collector import Sink
+from bench.table import percentile
 from klime_mp import KlimeClient
 from klime_mp.delivery import spooled
 from klime_mp.spool import log as spool_log
-
-
-def percentiles(samples: list[float]) -> tuple[float, float, float]:
-    ordered = sorted(samples)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
-    return pick(0.50), pick(0.99), pick(0.999)
 
 
 class Timed:
@@ -104,7 +99,7 @@ def main() -> None:
     for mode in modes:
         for name, samples in found[mode].items():
             if samples:
-                p50, p99, p999 = percentiles(samples)
+                p50, p99, p999 = (percentile(sorted(samples), q) for q in (0.5, 0.99, 0.999))
                 print(
                     f"{mode:<12} {name:<6} {len(samples):>7} {p50:>8.1f} {p99:>8.1f}"
                     f" {p999:>8.1f} {max(samples):>9.1f}"

@@ -1,4 +1,5 @@
-"""From per-run figures to medians (min-max) over runs, ratios within runs, and tables.
+"""From samples to figures: percentiles, medians (min-max) over runs, ratios within runs,
+and tables.
 
 A ratio is computed inside each run first (klime_mp against the best peer *of that
 run*) and only then summarised over runs: on a shared, noisy machine two SDKs measured
@@ -7,7 +8,9 @@ seconds apart are comparable, the same SDK measured in two runs less so.
 
 from __future__ import annotations
 
+import math
 import statistics
+from collections.abc import Sequence
 from typing import Any
 
 from bench.sdks import PEERS
@@ -24,6 +27,11 @@ RATIOS = {
     **{f"latency {c}": {"p50_us": LOWER, "p99_us": LOWER} for c in ("up", "down", "full")},
     "throughput": {"events_per_s": HIGHER},
 }
+
+
+def percentile(ordered: Sequence[float], q: float) -> float:
+    """Nearest rank, q in 0..1, of an ascending sequence."""
+    return float(ordered[max(math.ceil(q * len(ordered)), 1) - 1])
 
 
 def summarize(values: list[Any]) -> Summary | bool | None:

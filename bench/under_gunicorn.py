@@ -27,6 +27,7 @@ from typing import Any
 
 from bench.collector import Sink, free_port, wait_until
 from bench.sdks import BASELINES
+from bench.table import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 Figures = dict[str, dict[str, Any]]  # app -> figure -> value
@@ -129,8 +130,8 @@ def load(ports: list[int], requests: int, concurrency: int, slices: int) -> Figu
                 "requests": len(times),
                 "errors": len(merged) - len(times),
                 "rps": len(times) / seconds,
-                "p50_ms": times[len(times) // 2] / 1e6 if times else None,
-                "p99_ms": times[int(len(times) * 0.99)] / 1e6 if times else None,
+                "p50_ms": percentile(times, 0.5) / 1e6 if times else None,
+                "p99_ms": percentile(times, 0.99) / 1e6 if times else None,
             }
         )
     return dict(zip(map(str, ports), figures))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import json
-import math
 import os
 import sys
 import threading
@@ -20,6 +19,7 @@ from typing import Any, Callable
 
 from bench.collector import SinkStats
 from bench.sdks import Adapter, Settings, make
+from bench.table import percentile
 
 Config = dict[str, Any]
 Result = dict[str, Any]
@@ -29,11 +29,6 @@ def write_result(path: str, result: Result) -> None:
     with open(f"{path}.tmp", "w") as out:
         json.dump(result, out)
     os.replace(f"{path}.tmp", path)
-
-
-def percentile(ordered: list[int], q: float) -> float:
-    """Nearest rank, q in 0..1, of an ascending list."""
-    return float(ordered[max(math.ceil(q * len(ordered)), 1) - 1])
 
 
 class Recorder:
