@@ -18,9 +18,7 @@ Self-contained: it needs only klime_mp.
 
 from __future__ import annotations
 
-import argparse
 import random
-import statistics
 import tempfile
 import time
 import zlib
@@ -28,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench.collector import Sink
+from bench.table import arguments, medians
 from klime_mp import KlimeClient, events
 from klime_mp.delivery import transport
 from klime_mp.delivery.transport import Transport
@@ -35,17 +34,6 @@ from klime_mp.options import build_options
 
 BATCH = 100
 NAMES = ["Page Viewed", "Report Generated", "Button Clicked", "Signed In", "Export Started"]
-
-
-def median_rounds(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
-    """Each variant's median over ``rounds`` alternating rounds."""
-    seen: dict[str, list[float]] = {name: [] for name in variants}
-    for run in variants.values():
-        run()  # warm-up, not counted: the first round of the first variant ran cold
-    for _ in range(rounds):
-        for name, run in variants.items():
-            seen[name].append(run())
-    return {name: statistics.median(values) for name, values in seen.items()}
 
 
 # -- 1. before_send ----------------------------------------------------------------------
@@ -83,7 +71,7 @@ def before_send_costs(calls: int, rounds: int) -> None:
             KlimeClient("k", send=False, before_send=redact), calls
         ),
     }
-    result = median_rounds(variants, rounds)
+    result = medians(variants, rounds)
     base = result["no hook"]
     print(f"track() CPU per call, median of {rounds} rounds of {calls:,}:")
     for name, micros in result.items():
@@ -137,7 +125,7 @@ def gzip_sizes(bodies: dict[str, bytes], rounds: int) -> None:
                     packed = deflate.compress(body) + deflate.flush()
                 return (time.process_time() - start) / 50 / BATCH * 1e6
 
-            micros = median_rounds({"": run}, rounds)[""]
+            micros = medians({"": run}, rounds)[""]
             ratio = len(body) / len(packed)
             print(
                 f"  {label:<8} level {level}: {len(body):,} -> {len(packed):,} bytes "
@@ -169,7 +157,7 @@ def post_costs(bodies: dict[str, bytes], posts: int, rounds: int) -> None:
                     "plain": post_cpu(url, body, None, posts),
                     "gzip": post_cpu(url, body, "gzip", posts),
                 }
-                result = median_rounds(variants, rounds)
+                result = medians(variants, rounds)
                 print(
                     f"  {label:<8} plain {result['plain']:.2f} µs, gzip {result['gzip']:.2f} µs "
                     f"(level {transport.GZIP_LEVEL})"
@@ -179,11 +167,7 @@ def post_costs(bodies: dict[str, bytes], posts: int, rounds: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--calls", type=int, default=20_000)
-    parser.add_argument("--posts", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=7)
-    args = parser.parse_args()
+    args = arguments(__doc__, calls=20_000, posts=300, rounds=7)
     before_send_costs(args.calls, args.rounds)
     bodies = {"bench": bench_events(), "varied": varied_events()}
     gzip_sizes(bodies, args.rounds)

@@ -20,22 +20,18 @@ an SDK can do in the call (``bench.sdks.EncodeOnly``).
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
 from bench.collector import Sink
 from bench.sdks import SDKS, Settings, make
-from bench.table import percentile
+from bench.table import arguments, percentile
 
 NAMES = (*SDKS, "encode_only")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--calls", type=int, default=1000, help="timed calls per SDK after an idle")
-    parser.add_argument("--idle-ms", type=float, default=2.0, help="idle before each call")
-    args = parser.parse_args()
+    args = arguments(__doc__, calls=1000, idle_ms=2.0)
     sink = Sink()
     settings = Settings(url=sink.url, queue_size=10 * args.calls + 200_000)
     calls = {name: make(name, settings).call for name in NAMES}

@@ -11,7 +11,6 @@ at the kill and stops when the collector has stored all N: that is the hand-off.
 
 from __future__ import annotations
 
-import argparse
 import random
 import statistics
 import subprocess
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 
 from bench.collector import wait_until
+from bench.table import arguments
 from klime_mp.collector import Collector
 
 SIBLING = textwrap.dedent("""
@@ -82,10 +82,7 @@ def one_run(events: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.orphan_handoff")
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--events", type=int, default=550)
-    args = parser.parse_args(argv)
+    args = arguments(__doc__, argv, runs=5, events=550)
     times = [one_run(args.events) for _ in range(args.runs)]
     print(
         f"SIGKILL to delivery by a live sibling: median {statistics.median(times):.2f} s, "

@@ -11,7 +11,6 @@ Each round runs every mode once, interleaved, so a noisy neighbour hits them ali
 
 from __future__ import annotations
 
-import argparse
 import gc
 import os
 import sys
@@ -24,7 +23,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.collector import Sink
-from bench.table import percentile
+from bench.table import arguments, percentile
 from klime_mp import KlimeClient
 from klime_mp.delivery import spooled
 from klime_mp.spool import log as spool_log
@@ -79,10 +78,7 @@ def run(mode: str, url: str, events: int, work: Path) -> dict[str, list[float]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=50_000)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+    args = arguments(__doc__, events=50_000, rounds=3)
     modes = ("memory", "spool", "spool+fsync")
     found: dict[str, dict[str, list[float]]] = {m: {} for m in modes}
     sink = Sink()
