@@ -1,13 +1,6 @@
 """``python -m bench``: klime_mp against the official SDK, Segment and PostHog, in one run.
 
-Installs nothing: ``pip install -e ".[bench]"`` first, and run it from the repository
-root (``bench`` is not an installed package). Every SDK posts to the same receiver, the
-local collector in sink mode (``bench/collector.py``). Prints one markdown table per
-measurement and writes them, with every run's figures, to ``bench/results/``.
-
-    python -m bench                      # the full run (about 10 minutes on 2 cores)
-    python -m bench --quick              # tiny sizes, one run: proves it runs
-    python -m bench --only latency,throughput --runs 5
+python -m bench [--quick] [--only latency,throughput] [--runs 5]   (docs/performance.md)
 """
 
 from __future__ import annotations

@@ -1,20 +1,6 @@
-"""What before_send and compression="gzip" cost, and what gzip saves (issue #22).
-
-    python -m bench.features [--calls 20000] [--posts 300] [--rounds 7]
-
-1. ``track()`` CPU per call (``time.process_time``; a ``send=False`` client, so only the
-   caller's path is timed) without a hook, with a hook that returns the event as it is,
-   and with one that removes a property. Variants alternate round after round and the
-   median round is reported, so load on a shared machine hits them all alike.
-2. gzip on 100-event batches, of the benchmark's events (``track("Report Generated",
-   {"report_type": "revenue", "rows": i}, user_id="usr_1", group_id="org_1")``) and of
-   varied ones (five event names, random ids, paths and numbers): bytes per batch and
-   compression CPU per event at levels 1, 6 and 9.
-3. ``Transport.post`` of those batches to the local collector (its own process, so its
-   CPU is not counted), with and without ``compression="gzip"``: CPU per event.
-
-Self-contained: it needs only klime_mp.
-"""
+"""What before_send and compression="gzip" cost, and what gzip saves (issue #22):
+``python -m bench.features [--calls 20000] [--posts 300] [--rounds 7]``; method in
+docs/performance.md."""
 
 from __future__ import annotations
 

@@ -1,11 +1,5 @@
-"""What fork safety costs a track() call: ``python -m bench.forkcost [--blocks 20]``.
-
-klime_mp's ``track()`` as shipped against the same call with the per-call PID check
-removed: the client's process-local worker swapped for a stand-in that returns it
-without looking at the PID. ``send=False``: events are built, encoded and counted but
-not queued, so no sender thread competes. Blocks of calls alternate between the two
-variants, and which goes first alternates too, so noise lands on both.
-"""
+"""What fork safety costs a track() call: ``python -m bench.forkcost [--blocks 20]``;
+method in docs/performance.md."""
 
 from __future__ import annotations
 

@@ -1,22 +1,6 @@
-"""What one track() costs in a process that idles between calls, as a web worker does
-between requests, for every SDK in one run (part 1 times the same call in a tight loop).
-
-A sync Gunicorn worker sleeps in ``select()`` between requests. On the machines we
-measured (shared 2-core VMs), code that runs right after such an idle is several times
-slower than the same code in a loop: caches and branch predictors have been lost to other
-work. This is why the CPU per event in a Gunicorn worker (part 0) is ten times the loop
-figure, and why it grows with the amount of code and data a call touches rather than
-with its cost in a loop.
-
-    python -m bench.idle_call [--calls 1000] [--idle-ms 2]
-
-Each round times one call of each SDK after an idle of ``--idle-ms`` (``time.sleep``),
-SDKs in turn, so noise lands on all of them. Every
-SDK posts to the collector in sink mode with its own defaults (queues large enough to drop
-nothing), so a call that sends inline, as the official SDK's does when its batch fills,
-costs what it costs; the median keeps those rare calls out. ``encode_only`` is the least
-an SDK can do in the call (``bench.sdks.EncodeOnly``).
-"""
+"""What one track() costs after an idle, as in a web worker between requests, for every
+SDK in one run: ``python -m bench.idle_call [--calls 1000] [--idle-ms 2]``; method and
+why in docs/performance.md."""
 
 from __future__ import annotations
 

@@ -1,13 +1,6 @@
-"""How long a SIGKILLed process's events wait before a live sibling sends them.
-
-A sibling process of the same app (same endpoint, key and spool directory) runs with a
-spooled client that tracks one event a second. A victim process tracks N events with
-the server "down" for it (its sender never gets a batch out: its flush interval is an
-hour and the batches stay below max_batch_size) and SIGKILLs itself. The clock starts
-at the kill and stops when the collector has stored all N: that is the hand-off.
-
-    python -m bench.orphan_handoff [--runs 5] [--events 500]
-"""
+"""How long a SIGKILLed process's events wait before a live sibling sends them:
+``python -m bench.orphan_handoff [--runs 5] [--events 550]``; method in
+docs/performance.md."""
 
 from __future__ import annotations
 

@@ -1,18 +1,7 @@
-"""One adapter per SDK: build a client against a URL and expose its own track call.
-
-Each SDK makes its own equivalent of Klime's
-``track("Report Generated", {...}, user_id="usr_1", group_id="org_1")``:
-
-* klime_mp, klime: ``client.track(event, properties, user_id=..., group_id=...)``
-* Segment: ``client.track(user_id, event, properties, context={"groupId": ...})``
-  (Segment's documented way to tie a track to an account)
-* PostHog: ``client.capture(event, distinct_id=..., properties=..., groups={...})``
-
-``call(properties=...)`` is a ``functools.partial`` over the SDK's bound method, so
-timing a call adds no Python frame of ours. Imports are lazy: a benchmark subprocess
-loads one SDK only.
-Options left as ``None`` keep each SDK's own default.
-"""
+"""One adapter per SDK: a client against a URL and its own equivalent of Klime's
+``track("Report Generated", {...}, user_id="usr_1", group_id="org_1")`` as
+``call(properties=...)``, a ``functools.partial`` (no frame of ours); see "Each SDK's
+own call" in docs/performance.md. Imports are lazy: a subprocess loads one SDK only."""
 
 from __future__ import annotations
 

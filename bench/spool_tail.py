@@ -1,12 +1,6 @@
-"""track()'s latency with and without a spool, in one run: p50, p99, p99.9 of each call,
-and how long the sender holds the lock track() needs while it takes and acknowledges a
-batch of the spool. Self-contained: a sink collector in a child process (so its HTTP work
-does not compete for this process's GIL), a temporary spool.
+"""track()'s latency with and without a spool, in one run, and the sender's hold of the lock.
 
-    python bench/spool_tail.py [--events 50000] [--rounds 3]
-
-Modes: ``memory`` (no spool), ``spool``, ``spool+fsync`` (``spool_fsync_interval=1``).
-Each round runs every mode once, interleaved, so a noisy neighbour hits them alike.
+python bench/spool_tail.py [--events 50000] [--rounds 3]   (docs/performance.md)
 """
 
 from __future__ import annotations

@@ -1,10 +1,6 @@
 """From samples to figures: percentiles, alternating rounds, medians (min-max) over runs,
-ratios within runs, tables, and the micro-benchmarks' command line.
-
-A ratio is computed inside each run first (klime_mp against the best peer *of that
-run*) and only then summarised over runs: on a shared, noisy machine two SDKs measured
-seconds apart are comparable, the same SDK measured in two runs less so.
-"""
+ratios within runs (against the best peer *of that run*: see docs/performance.md),
+tables, and the micro-benchmarks' command line."""
 
 from __future__ import annotations
 

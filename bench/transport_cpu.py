@@ -1,16 +1,6 @@
-"""CPU per POST of the transport, against the HTTP stacks under it, in one run.
-
-Each variant posts the same 20-event batch over one kept-alive connection to the
-collector in sink mode (its own process, so its CPU is not counted) and is measured
-in process CPU (``time.process_time``) per POST. Variants alternate, round after round,
-and the median round is reported, so a burst of load on the machine hits all of them.
-
-    python -m bench.transport_cpu [--posts 2000] [--rounds 7]
-
-Variants: ``http.client`` on one connection (what the transport cost before it moved
-to urllib3: within a few µs of this), a bare urllib3 ``HTTPConnectionPool.urlopen``,
-and klime_mp's ``Transport.post``.
-"""
+"""CPU per POST of the transport, against the HTTP stacks under it, in one run:
+``python -m bench.transport_cpu [--posts 2000] [--rounds 7]``; method in
+docs/performance.md."""
 
 from __future__ import annotations
 

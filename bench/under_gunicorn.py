@@ -1,11 +1,5 @@
-"""Every app under Gunicorn at once, loaded in turns: CPU per event and request latency.
-
-One ``gunicorn bench.wsgi_app:app`` per app (each SDK, no SDK, encode only). The load
-generator's processes each keep one request in flight; the requests for each app are cut
-into slices and all processes move from one app's slice to the next together (a
-barrier), so a burst of noise from elsewhere on a shared machine lands on every app
-alike instead of on whichever one happened to be running.
-"""
+"""Every app under Gunicorn at once, loaded in turns (barrier-synchronised slices): CPU
+per event and request latency; method in docs/performance.md (cpu, gunicorn)."""
 
 from __future__ import annotations
 
@@ -138,13 +132,9 @@ def load(ports: list[int], requests: int, concurrency: int, slices: int) -> Figu
 
 
 def cpu(apps: list[str], sink: Sink, requests: int, slices: int) -> Figures:
-    """CPU per event: each app's worker CPU per request, the no-SDK app's subtracted.
-
-    One sync worker per app (``-w 1``: every request lands in the process measured),
-    read through ``GET /cpu`` (``time.process_time_ns``: the request and the SDK's
-    sender thread alike) before the load and again once the sink has every event the
-    load tracked, so the sending is paid inside the window. Each SDK keeps its own
-    defaults (batch size, flush interval)."""
+    """CPU per event: each app's worker CPU per request (``-w 1``, read through ``GET
+    /cpu`` before the load and once the sink has every event), the no-SDK app's
+    subtracted."""
 
     def tracked(figures: Figures) -> int:
         counts = [f["requests"] for f in figures.values()]

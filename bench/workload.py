@@ -1,10 +1,6 @@
 """One SDK, one measurement, in a fresh process: ``python -m bench.workload PART CONFIG OUT``.
-
-A fresh process per SDK keeps every SDK's threads, queues and exit hooks away from the
-others' figures. It leaves through ``os._exit`` once its JSON result is written: exit
-hooks have nothing left to measure, and the official SDK's would retry for minutes with
-the collector down.
-"""
+It leaves through ``os._exit`` once its JSON result is written: the official SDK's exit
+hooks would retry for minutes with the collector down."""
 
 from __future__ import annotations
 
