@@ -69,9 +69,7 @@ def workload(part: str, config: dict[str, Any], timeout: float) -> dict[str, Any
 
 
 def latency(plan: Plan, sink: Sink, down: RefusedPort, run: int) -> Run:
-    """track() timed call by call: collector up, down (refused), and queue full (down,
-    the queue filled to the SDK's default limit first, so every timed call is a drop).
-    Up and down: queues large enough that nobody drops."""
+    """track() call by call: collector up, down (refused), and queue full (down)."""
     tables: Run = {}
     for cond in ("up", "down", "full"):
         names = rotated(SDKS, run) + (["floor"] if cond == "up" else [])
@@ -101,8 +99,7 @@ def throughput(plan: Plan, sink: Sink, down: RefusedPort, run: int) -> Run:
 
 
 def ceiling(sink: Sink, events: int) -> dict[str, Any]:
-    """The sink's own limit: one connection posts one ready-made 100-event batch over and
-    over, no SDK work at all. An SDK's burst near this measures the sink, not the SDK."""
+    """The sink's own limit: ready-made 100-event batches over one connection, no SDK."""
     event: dict[str, Any] = {"type": "track", "messageId": "0" * 36, "userId": "usr_1"}
     event |= {"event": "Report Generated", "timestamp": "2026-01-01T00:00:00Z", "properties": {}}
     body = json.dumps({"batch": [event] * 100}).encode()

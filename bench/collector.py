@@ -39,8 +39,7 @@ def wait_until(done: Callable[[], bool], timeout: float, poll: float = 0.01) -> 
 
 
 class SinkStats:
-    """The sink's counters, read over one kept-alive connection: polling opens no
-    connection that the figures would count."""
+    """The sink's counters over one kept-alive connection (the figures count no other)."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -90,8 +89,7 @@ class Sink(SinkStats):
 
 
 class RefusedPort:
-    """A loopback port bound but never listening: connections are refused, and no other
-    process can take the port while the benchmark relies on it being down."""
+    """A loopback port bound, never listening: refused, and no other process takes it."""
 
     def __init__(self) -> None:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

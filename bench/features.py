@@ -48,16 +48,9 @@ def track_cpu(client: KlimeClient, calls: int) -> Callable[[], float]:
 
 
 def before_send_costs(calls: int, rounds: int) -> None:
-    variants = {
-        "no hook": track_cpu(KlimeClient("k", send=False), calls),
-        "hook returning the event": track_cpu(
-            KlimeClient("k", send=False, before_send=keep), calls
-        ),
-        "hook removing a property": track_cpu(
-            KlimeClient("k", send=False, before_send=redact), calls
-        ),
-    }
-    result = medians(variants, rounds)
+    hooks = {"no hook": None, "hook returning the event": keep, "hook removing a property": redact}
+    clients = {name: KlimeClient("k", send=False, before_send=h) for name, h in hooks.items()}
+    result = medians({name: track_cpu(c, calls) for name, c in clients.items()}, rounds)
     base = result["no hook"]
     print(f"track() CPU per call, median of {rounds} rounds of {calls:,}:")
     for name, micros in result.items():

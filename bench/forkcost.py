@@ -5,22 +5,15 @@ from __future__ import annotations
 
 import os
 import time
+from types import SimpleNamespace
 from typing import Any, Callable
 
 from bench.table import arguments, medians
 
 
-class Unchecked:
+def without_check(worker: Any) -> SimpleNamespace:
     """The ``ProcessLocal`` interface without the PID check."""
-
-    def __init__(self, value: Any) -> None:
-        self._value = value
-
-    def get(self) -> Any:
-        return self._value
-
-    def peek(self) -> Any:
-        return self._value
+    return SimpleNamespace(get=lambda: worker, peek=lambda: worker)
 
 
 def per_call_ns(function: Callable[[], Any], calls: int) -> float:
@@ -37,7 +30,10 @@ def main() -> None:
     client = KlimeClient("bench-write-key", endpoint="http://127.0.0.1:9", send=False)
     client.track("Warm Up", user_id="usr_1")
     # The one internal reached: the client's ProcessLocal worker (``_worker``).
-    variants: dict[str, Any] = {"with": client._worker, "without": Unchecked(client._worker.get())}
+    variants: dict[str, Any] = {
+        "with": client._worker,
+        "without": without_check(client._worker.get()),
+    }
 
     def track() -> None:
         client.track("Report Generated", {"rows": 1}, user_id="usr_1", group_id="org_1")

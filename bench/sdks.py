@@ -142,9 +142,7 @@ class PostHog(Adapter):
 
 
 class EncodeOnly(Adapter):
-    """No SDK: what every SDK must do in the request, at least. The event as a dict with
-    a fresh UUID and the time, one ``json.dumps``, kept in a list that never grows past
-    a batch (a real SDK would queue it). Nothing is sent."""
+    """No SDK: the least any SDK does in the request (a UUID, the time, one json.dumps)."""
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
@@ -182,9 +180,7 @@ def make(name: str, settings: Settings) -> Adapter:
 
 
 def quiet_logging() -> None:
-    """An application with logging configured but quiet: SDK warnings are built and
-    dispatched (their cost counts) but written nowhere, and Python's last-resort
-    handler does not print them to stderr."""
+    """Logging configured but quiet: SDK warnings are built and dispatched, not printed."""
     root = logging.getLogger()
     if not root.handlers:
         root.addHandler(logging.NullHandler())

@@ -77,8 +77,7 @@ def serving(apps: list[str], url: str, workers: int) -> Iterator[list[int]]:
 
 
 def _sender(ports: list[int], per_slice: int, slices: int, barrier: Any, out: Any) -> None:
-    """One load process: per slice, per app (order rotating), its share of requests,
-    timed from connect to the last byte (a sync worker closes every connection)."""
+    """One load process: per slice, per app in rotating order, connect to last byte."""
     samples = [array("q") for _ in ports]
     walls = [0] * len(ports)
     for slice_no in range(slices):
@@ -99,9 +98,7 @@ def _sender(ports: list[int], per_slice: int, slices: int, barrier: Any, out: An
 
 
 def load(ports: list[int], requests: int, concurrency: int, slices: int) -> Figures:
-    """About ``requests`` to each port; req/s is requests over the app's summed slices.
-    Forked processes (this one has no threads), so the generator's own GIL does not add
-    to the latencies it reports."""
+    """About ``requests`` to each port from forked load processes (no GIL of ours shared)."""
     ctx = multiprocessing.get_context("fork")
     out, barrier = ctx.Queue(), ctx.Barrier(concurrency)
     per_slice = max(requests // (slices * concurrency), 1)
@@ -132,9 +129,7 @@ def load(ports: list[int], requests: int, concurrency: int, slices: int) -> Figu
 
 
 def cpu(apps: list[str], sink: Sink, requests: int, slices: int) -> Figures:
-    """CPU per event: each app's worker CPU per request (``-w 1``, read through ``GET
-    /cpu`` before the load and once the sink has every event), the no-SDK app's
-    subtracted."""
+    """CPU per event: worker CPU per request (``GET /cpu``), the no-SDK app's subtracted."""
 
     def tracked(figures: Figures) -> int:
         counts = [f["requests"] for f in figures.values()]
@@ -163,8 +158,7 @@ def cpu(apps: list[str], sink: Sink, requests: int, slices: int) -> Figures:
 
 
 def latency(apps: list[str], sink: Sink, requests: int, slices: int, workers: int) -> Figures:
-    """Request rate and latency, 4 load processes, and the median against the no-SDK
-    app's and the encode-only app's of the same run."""
+    """Request rate and latency, 4 load processes, medians against the baselines'."""
     with serving(apps, sink.url, workers) as ports:
         load(ports, max(requests // 8, 20), 4, 1)  # warm-up
         by_port = load(ports, requests, 4, slices)

@@ -62,10 +62,7 @@ class Recorder:
 
 
 def latency(config: Config, out: str) -> Result:
-    """``calls`` timed calls. A call blocked for ``stall_s`` (the official SDK sends and
-    retries in the caller's thread) or a run past ``budget_s`` ends the run: the call in
-    flight is reported censored. The watchdog wakes four times a second, rarely enough
-    not to disturb the calls it watches."""
+    """``calls`` timed calls; a stall or a run past its budget is cut, the call censored."""
     calls: int = config["calls"]
     settings = Settings(config["url"], queue_size=config["queue_size"])
     # "floor": the same loop around a call that does nothing, the harness's own cost
@@ -94,8 +91,7 @@ def latency(config: Config, out: str) -> Result:
 
 
 def throughput(config: Config, out: str) -> Result:
-    """A burst of ``events`` (queues that hold them all, batches of 100 for everyone),
-    then the wait until the sink counted the last one."""
+    """A burst of ``events``, then the wait until the sink counted the last one."""
     events: int = config["events"]
     sdk = make(config["sdk"], Settings(config["url"], queue_size=events + 1000, batch_size=100))
     sink = SinkStats(config["url"])
@@ -125,8 +121,7 @@ def _rss_mib() -> float:
 
 
 def memory(config: Config, out: str) -> Result:
-    """RSS of an idle client (built, one event tracked so its thread runs), what the
-    import and client add, and the growth while ``events`` wait (collector down)."""
+    """RSS of an idle client, what import and client add, growth while events wait."""
     events: int = config["events"]
     # The standard library's HTTP client, which a web app has loaded anyway, is not
     # counted against the SDK that happens to import it first.
