@@ -38,6 +38,15 @@ def wait_until(done: Callable[[], bool], timeout: float, poll: float = 0.01) -> 
     return True
 
 
+def reap(proc: subprocess.Popen[Any], timeout: float) -> None:
+    """Wait for ``proc`` to exit, killing it after ``timeout`` seconds."""
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class SinkStats:
     """The sink's counters over one kept-alive connection (the figures count no other)."""
 
@@ -81,11 +90,7 @@ class Sink(SinkStats):
         self._conn.close()
         if self._proc.stdin is not None:
             self._proc.stdin.close()
-        try:
-            self._proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
+        reap(self._proc, 5)
 
 
 class RefusedPort:

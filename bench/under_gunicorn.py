@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.collector import Sink, free_port, wait_until
+from bench.collector import Sink, free_port, reap, wait_until
 from bench.sdks import BASELINES
 from bench.table import percentile
 
@@ -69,11 +69,7 @@ def serving(apps: list[str], url: str, workers: int) -> Iterator[list[int]]:
             for _, proc in servers:
                 proc.send_signal(signal.SIGTERM)
             for _, proc in servers:
-                try:
-                    proc.wait(40)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                reap(proc, 40)
 
 
 def _sender(ports: list[int], per_slice: int, slices: int, barrier: Any, out: Any) -> None:
@@ -115,16 +111,10 @@ def load(ports: list[int], requests: int, concurrency: int, slices: int) -> Figu
         for samples, _ in results:
             merged.frombytes(samples[app])
         times = sorted(t for t in merged if t >= 0)
-        seconds = results[0][1][app] / 1e9
-        figures.append(
-            {
-                "requests": len(times),
-                "errors": len(merged) - len(times),
-                "rps": len(times) / seconds,
-                "p50_ms": percentile(times, 0.5) / 1e6 if times else None,
-                "p99_ms": percentile(times, 0.99) / 1e6 if times else None,
-            }
-        )
+        ms = [percentile(times, q) / 1e6 if times else None for q in (0.5, 0.99)]
+        figure = {"requests": len(times), "errors": len(merged) - len(times)}
+        figure["rps"] = len(times) / (results[0][1][app] / 1e9)
+        figures.append({**figure, "p50_ms": ms[0], "p99_ms": ms[1]})
     return dict(zip(map(str, ports), figures))
 
 

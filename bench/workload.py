@@ -47,8 +47,7 @@ class Recorder:
     def result(self, censored_ns: int | None = None) -> Result:
         ordered = sorted(self.samples[: self.done])
         if censored_ns is not None:
-            # The call still running when the run was cut counts at what it had taken
-            # so far: a lower bound of its latency.
+            # the call in flight when the run was cut, censored: a lower bound
             ordered.append(censored_ns)
             ordered.sort()
         return {
@@ -123,16 +122,14 @@ def _rss_mib() -> float:
 def memory(config: Config, out: str) -> Result:
     """RSS of an idle client, what import and client add, growth while events wait."""
     events: int = config["events"]
-    # The standard library's HTTP client, which a web app has loaded anyway, is not
-    # counted against the SDK that happens to import it first.
+    # loaded by any web app anyway: not counted against the SDK that imports it first
     import urllib.request  # noqa: F401
 
     bare = _rss_mib()
     sdk: Adapter = make(config["sdk"], Settings(config["url"], queue_size=events + 1000))
     sdk.call(properties={"rows": 0})
     idle = _rss_mib()
-    # The official SDK sends from the caller once max_batch_size events wait: its queue
-    # never holds them, so it has no growth figure.
+    # the official SDK's queue never holds them (it sends from the caller): no growth
     if config["sdk"] != "klime":
         for i in range(events):
             sdk.call(properties={"report_type": "revenue", "rows": i})
