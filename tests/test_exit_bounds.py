@@ -224,6 +224,10 @@ if __name__ == "__main__":
         assert tracked.wait(60)
         started = time.monotonic()
         process.terminate()
+        if kind == "twice":  # once more while the flush runs, as Hypercorn's master does
+            while not (os.path.exists(done_log) and open(done_log).read()):
+                time.sleep(0.01)  # the first client's answer: the flush is under way
+            process.terminate()
         process.join(90)
         assert process.exitcode == -15, process.exitcode  # died of SIGTERM, after its flush
     print(json.dumps({{"took": time.monotonic() - started}}))
@@ -278,6 +282,21 @@ def test_sigterm_flush_gives_every_client_its_own_shutdown_timeout(tmp_path: Pat
         run_pool(tmp_path, "process", server.url, clients=3, shutdown_timeout=2.5)
         done = sorted((tmp_path / "done").read_text().split())
         assert done == ["0", "1", "2"]
+        assert len(server.received) == 3
+    finally:
+        server.stop()
+
+
+@pytest.mark.fork
+def test_a_second_sigterm_during_the_flush_does_not_cut_it_short(tmp_path: Path) -> None:
+    # Hypercorn's master terminate()s its other workers when one exits, and on its own
+    # way out multiprocessing terminate()s its daemon children again. The second SIGTERM
+    # comes once the first client's batch is answered: the other two must still be sent.
+    server = ScriptedServer().start()
+    try:
+        server.then(*[Reply(delay=0.5, body=b'{"status":"ok","accepted":1,"failed":0}')] * 3)
+        run_pool(tmp_path, "twice", server.url, clients=3, shutdown_timeout=2.5)
+        assert sorted((tmp_path / "done").read_text().split()) == ["0", "1", "2"]
         assert len(server.received) == 3
     finally:
         server.stop()

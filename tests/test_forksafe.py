@@ -263,13 +263,18 @@ forksafe._install_sigterm_flush()  # the handler and its watch, as in a pool wor
 # The PID whose exit flush is running: this process's own, another's, or none (0).
 forksafe._exit_flush_running = os.getpid() if sys.argv[1] == "self" else int(sys.argv[1])
 os.kill(os.getpid(), signal.SIGTERM)
-# Still alive: the flush under way is left to finish, and a second SIGTERM kills.
-print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+# Still alive: the flush under way is left to finish, even by a second SIGTERM.
+os.kill(os.getpid(), signal.SIGTERM)
+print("alive")
 sys.stdout.flush()
 # The watch stands down too: it does not end the process while that flush runs.
 time.sleep(4 * sigterm.SIGTERM_GRACE_S)
 print("alive")
 sys.stdout.flush()
+forksafe._exit_flush_running = 0  # the flush is over: a SIGTERM now kills
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(10)
+print("survived")
 os._exit(0)
 """
 
@@ -277,7 +282,8 @@ os._exit(0)
 @pytest.mark.parametrize(
     ("flushing", "outcome"),
     [
-        ("self", (0, ["True", "alive"])),  # its own flush is under way: let it finish
+        # Its own flush is under way: let it finish, then die of the next SIGTERM.
+        ("self", (-signal.SIGTERM, ["alive", "alive"])),
         ("0", (-signal.SIGTERM, [])),  # none: flush, then die of SIGTERM
         # Another PID's (a child forked during its parent's exit flush inherits that
         # PID there): not this process's flush, even when the PID is higher.

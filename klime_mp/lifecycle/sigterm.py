@@ -54,6 +54,7 @@ _sigterm_watch: tuple[int, int] | None = None  # this process's pipe (read, writ
 _sigterm_claim = threading.Lock()  # the handler or the watch: whoever takes it flushes
 _sigterm_taken = threading.Event()  # the handler took it
 _sigterm_watch_done = False  # the watch's flush is over: the process may die now
+_flushing = False  # a SIGTERM flush (the handler's or the watch's) is running
 
 
 def _start_sigterm_watch() -> None:
@@ -88,10 +89,11 @@ def _watch_sigterm(read_fd: int) -> None:
 def drop_in_child() -> None:
     # In a forked child, which owns no client yet: SIGTERM's default action back, as
     # without klime_mp, and the parent's watch let go. Its first client installs anew.
-    global _sigterm_watch, _sigterm_claim, _sigterm_taken, _sigterm_watch_done
+    global _sigterm_watch, _sigterm_claim, _sigterm_taken, _sigterm_watch_done, _flushing
     _sigterm_claim, _sigterm_taken, _sigterm_watch_done = threading.Lock(), threading.Event(), False
+    _flushing = False
     try:
-        if signal.getsignal(signal.SIGTERM) is _flush_then_terminate:
+        if signal.getsignal(signal.SIGTERM) in (_flush_then_terminate, _terminate_unless_flushing):
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if _sigterm_watch is not None:
             previous = signal.set_wakeup_fd(-1)
@@ -108,8 +110,8 @@ def drop_in_child() -> None:
 def _flush_then_terminate(signum: int, frame: FrameType | None) -> None:
     # The handler interrupts the main thread anywhere, possibly while it holds a worker
     # lock: flush from a helper thread and wait a bounded time, so the process still
-    # dies promptly even then. A second SIGTERM kills at once (default action restored).
-    signal.signal(signum, signal.SIG_DFL)
+    # dies promptly even then.
+    signal.signal(signum, _terminate_unless_flushing)
     if _exiting():
         # It interrupted the exit flush itself: a pool worker that got its sentinel is
         # leaving already when terminate() signals it. Let that bounded flush finish,
@@ -119,17 +121,38 @@ def _flush_then_terminate(signum: int, frame: FrameType | None) -> None:
     if not _sigterm_claim.acquire(blocking=False):
         # The watch flushes (the main thread came back late): it signals again when done.
         if _sigterm_watch_done:
-            signal.raise_signal(signum)
+            _die_of(signum)
         return
     _sigterm_taken.set()
     try:
         _flush_bounded()
     finally:
-        signal.raise_signal(signum)
+        _die_of(signum)
+
+
+def _terminate_unless_flushing(signum: int, frame: FrameType | None) -> None:
+    # A SIGTERM after the first one. While a flush runs it changes nothing: the flush is
+    # bounded anyway, and hosts signal twice in a row without meaning "hurry" (Hypercorn's
+    # master terminate()s its other workers when the first one exits, then exits itself,
+    # and multiprocessing terminate()s its daemon children once more on the way out: the
+    # default action would cut that worker's flush short). SIGKILL still kills at once.
+    if _flushing or _exiting():
+        return
+    _die_of(signum)
+
+
+def _die_of(signum: int) -> None:
+    signal.signal(signum, signal.SIG_DFL)
+    signal.raise_signal(signum)
 
 
 def _flush_bounded() -> None:
+    global _flushing
     limit = _budget()  # before the flush starts: each client it finishes leaves the sum
     flusher = threading.Thread(target=_flush, name="klime-sigterm", daemon=True)
-    flusher.start()
-    flusher.join(limit)
+    _flushing = True
+    try:
+        flusher.start()
+        flusher.join(limit)
+    finally:
+        _flushing = False
