@@ -85,12 +85,12 @@ def test_an_outage_logs_its_cause_once_and_its_end_once(
     warnings = klime_records(caplog, logging.WARNING)
     assert warnings == [
         f"Klime: cannot deliver events: connection refused to 127.0.0.1:{port}; "
-        "35 events wait, retrying with backoff"
+        "retrying with backoff (events waiting: 35)"
     ]
     [ended] = klime_records(caplog, logging.INFO)
     assert ended.startswith("Klime: delivering again after ")
-    assert f"failed attempts, last: connection refused to 127.0.0.1:{port}): " in ended
-    assert ended.endswith("35 events delivered now, 0 wait")
+    assert f"failed attempts, last: connection refused to 127.0.0.1:{port}); " in ended
+    assert ended.endswith("delivered now: 35, still waiting: 0")
 
 
 def test_an_http_error_is_named_with_its_status_and_url(
@@ -203,7 +203,7 @@ def test_events_waiting_too_long_get_one_warning(
         client.shutdown()
     stalls = [m for m in klime_records(caplog, logging.WARNING) if "nothing delivered" in m]
     assert len(stalls) == 1
-    assert "1 events wait (last error: connection refused to 127.0.0.1:" in stalls[0]
+    assert "(events waiting: 1; last error: connection refused to 127.0.0.1:" in stalls[0]
 
 
 @pytest.mark.parametrize(

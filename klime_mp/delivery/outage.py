@@ -40,7 +40,7 @@ class OutageLog:
             return
         self._began = time.monotonic()
         self._log.warning(
-            "Klime: cannot deliver events: %s; %d events wait, retrying with backoff",
+            "Klime: cannot deliver events: %s; retrying with backoff (events waiting: %d)",
             cause,
             self._waiting(),
         )
@@ -61,8 +61,8 @@ class OutageLog:
         if began is None:
             return
         self._log.info(
-            "Klime: delivering again after %.1f s (%d failed attempts, last: %s): "
-            "%d events delivered now, %d wait",
+            "Klime: delivering again after %.1f s (%d failed attempts, last: %s); "
+            "delivered now: %d, still waiting: %d",
             time.monotonic() - began,
             self._failures,
             self.last_cause,
@@ -85,7 +85,7 @@ class OutageLog:
             return
         self._stall_warned = True
         self._log.warning(
-            "Klime: nothing delivered for %.0f s while %d events wait (last error: %s)",
+            "Klime: nothing delivered for %.0f s (events waiting: %d; last error: %s)",
             idle,
             waiting,
             self.last_cause or "none",
