@@ -203,8 +203,10 @@ def assert_exactly_once(load: LoadResult, got: Tally, *, allow_refused: bool = F
     assert load.ok > 0
     print(f"delivered {got.stored}/{load.events_expected}, {got.duplicates} duplicates")
     assert got.duplicates == 0
-    assert got.stored == load.events_expected
-    # One track event per request, tagged with the PID of the worker that answered it.
+    # One track event per request, tagged with the PID of the worker that answered it:
+    # which worker's events are missing, when some are.
+    by_worker = f"track events per worker {dict(got.track_by_pid)}, requests per worker"
+    assert got.stored == load.events_expected, f"{by_worker} {dict(load.requests_by_pid)}"
     assert got.track_by_pid == load.requests_by_pid
 
 

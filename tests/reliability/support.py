@@ -13,12 +13,14 @@ import contextlib
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from klime_mp.collector import CollectorStats, FaultPlan
 
@@ -72,24 +74,34 @@ def script_env(**extra: str) -> dict[str, str]:
 
 class Script:
     """``tests/reliability/scripts/<name>`` in its own session, so every process it
-    forks dies with it; talks JSON lines over stdin/stdout."""
+    forks dies with it; talks JSON lines over stdin/stdout.
+
+    Its stderr goes to a file, not a pipe: a pipe nobody reads while the script runs
+    fills at 64 KiB and blocks every process that logs. A script that registers
+    ``faulthandler`` on SIGUSR1 leaves the stacks of its processes (forked ones inherit
+    the handler) in that file when a read or wait times out."""
 
     def __init__(self, name: str, *args: str, env: dict[str, str] | None = None) -> None:
+        self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115  # closed by kill()
         self.proc: subprocess.Popen[str] = subprocess.Popen(
             [sys.executable, str(SCRIPTS / name), *args],
             env=env if env is not None else script_env(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self._stderr,
             text=True,
             start_new_session=True,
         )
         self.name = name
         self.started = time.monotonic()
 
-    def read(self) -> dict[str, Any]:
-        """The script's next JSON line (blocking; the test's timeout bounds it)."""
+    def read(self, timeout: float = 75.0) -> dict[str, Any]:
+        """The script's next JSON line, waiting at most ``timeout`` seconds (below the
+        test's own timeout, so a hang reports the script's stacks)."""
         assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            self._hung(f"no line within {timeout:.0f} s")
         line = self.proc.stdout.readline()
         if not line:
             self.kill()
@@ -106,24 +118,33 @@ class Script:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(f"{self.name} timed out:\n{self.stderr()}") from None
+            self._hung(f"still running after {timeout:.0f} s")
 
     def stderr(self) -> str:
         if self.proc.poll() is None:
             return "(still running)"
-        assert self.proc.stderr is not None
-        return self.proc.stderr.read()[-5000:]
+        self._stderr.seek(0)
+        return self._stderr.read()[-20000:]
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(10)
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+        for stream in (self.proc.stdin, self.proc.stdout, self._stderr):
             if stream is not None:
                 with contextlib.suppress(OSError):
                     stream.close()
+
+    def _hung(self, what: str) -> NoReturn:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGUSR1)  # faulthandler's dump, where set up
+        time.sleep(1.0)  # the dumps are written from signal handlers: no event to wait on
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
+        raise AssertionError(f"{self.name}: {what}:\n{self.stderr()}")
 
 
 def assert_duplicates_explained(stats: CollectorStats) -> None:

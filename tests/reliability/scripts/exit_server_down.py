@@ -7,7 +7,9 @@ every event it could not send to on_error, printed as one ``on_error N`` line ea
 
 from __future__ import annotations
 
+import faulthandler
 import json
+import signal
 import sys
 from typing import Any
 
@@ -34,4 +36,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test's dump on a hang
     main()

@@ -15,10 +15,12 @@ call to LOG, one JSON line each.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import multiprocessing
 import multiprocessing.util
 import os
+import signal
 import sys
 import time
 from typing import Any
@@ -116,4 +118,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test's dump on a hang
     main()

@@ -7,8 +7,10 @@ queue length once a second, and prints one JSON report.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
+import signal
 import sys
 import time
 from typing import Any
@@ -74,4 +76,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test's dump on a hang
     main()
