@@ -1,13 +1,6 @@
 """``python -m bench``: klime_mp against the official SDK, Segment and PostHog, in one run.
 
-Installs nothing: ``pip install -e ".[bench]"`` first, and run it from the repository
-root (``bench`` is not an installed package). Every SDK posts to the same receiver, the
-local collector in sink mode (``bench/collector.py``). Prints one markdown table per
-measurement and writes them, with every run's figures, to ``bench/results/``.
-
-    python -m bench                      # the full run (about 10 minutes on 2 cores)
-    python -m bench --quick              # tiny sizes, one run: proves it runs
-    python -m bench --only latency,throughput --runs 5
+python -m bench [--quick] [--only latency,throughput] [--runs 5]   (docs/performance.md)
 """
 
 from __future__ import annotations
@@ -15,7 +8,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import http.client
 import json
 import os
 import platform
@@ -29,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench import under_gunicorn
-from bench.collector import RefusedPort, Sink
+from bench.collector import RefusedPort, Sink, connection
 from bench.sdks import BASELINES, SDKS
 from bench.table import Figures, Run, markdown, summary
 
@@ -77,9 +69,7 @@ def workload(part: str, config: dict[str, Any], timeout: float) -> dict[str, Any
 
 
 def latency(plan: Plan, sink: Sink, down: RefusedPort, run: int) -> Run:
-    """track() timed call by call: collector up, down (refused), and queue full (down,
-    the queue filled to the SDK's default limit first, so every timed call is a drop).
-    Up and down: queues large enough that nobody drops."""
+    """track() call by call: collector up, down (refused), and queue full (down)."""
     tables: Run = {}
     for cond in ("up", "down", "full"):
         names = rotated(SDKS, run) + (["floor"] if cond == "up" else [])
@@ -109,13 +99,11 @@ def throughput(plan: Plan, sink: Sink, down: RefusedPort, run: int) -> Run:
 
 
 def ceiling(sink: Sink, events: int) -> dict[str, Any]:
-    """The sink's own limit: one connection posts one ready-made 100-event batch over and
-    over, no SDK work at all. An SDK's burst near this measures the sink, not the SDK."""
+    """The sink's own limit: ready-made 100-event batches over one connection, no SDK."""
     event: dict[str, Any] = {"type": "track", "messageId": "0" * 36, "userId": "usr_1"}
     event |= {"event": "Report Generated", "timestamp": "2026-01-01T00:00:00Z", "properties": {}}
     body = json.dumps({"batch": [event] * 100}).encode()
-    host, port = sink.url.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port))
+    conn = connection(sink.url)
     started = time.monotonic()
     for _ in range(events // 100):
         conn.request("POST", "/v1/batch", body, {"Authorization": "Bearer k"})

@@ -1,5 +1,5 @@
-"""The receiver of every SDK's events: klime_mp's collector in sink mode, in a process
-of its own (its CPU and GIL are not the client's), and a port where nothing answers."""
+"""The receiver of every benchmark's events: klime_mp's collector in a process of its own
+(its CPU and GIL are not the client's), and a port where nothing answers."""
 
 from __future__ import annotations
 
@@ -10,15 +10,22 @@ import subprocess
 import sys
 import time
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
-# Sink mode: any path and key (Segment's, PostHog's) answered 200 before decoding; the
-# events only counted. Serves until we close its stdin, so it never outlives us.
+# Sink mode, or with a database the validating and storing collector. Serves until we
+# close its stdin, so it never outlives us.
 SERVE = (
     "import sys\n"
     "from klime_mp.collector import Collector\n"
-    "print(Collector(sink=True).start().url, flush=True)\n"
+    "db = sys.argv[1:]\n"
+    "print((Collector(db=db[0]) if db else Collector(sink=True)).start().url, flush=True)\n"
     "sys.stdin.read()\n"
 )
+
+
+def connection(url: str, timeout: float = 10) -> http.client.HTTPConnection:
+    parts = urlsplit(url)
+    return http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=timeout)
 
 
 def wait_until(done: Callable[[], bool], timeout: float, poll: float = 0.01) -> bool:
@@ -31,14 +38,21 @@ def wait_until(done: Callable[[], bool], timeout: float, poll: float = 0.01) -> 
     return True
 
 
+def reap(proc: subprocess.Popen[Any], timeout: float) -> None:
+    """Wait for ``proc`` to exit, killing it after ``timeout`` seconds."""
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class SinkStats:
-    """The sink's counters, read over one kept-alive connection: polling opens no
-    connection that the figures would count."""
+    """The sink's counters over one kept-alive connection (the figures count no other)."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        host, port = url.removeprefix("http://").split(":")
-        self._conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        self._conn = connection(url)
 
     def stats(self) -> dict[str, Any]:
         """requests, connections and received (events) since the collector started."""
@@ -57,11 +71,12 @@ class SinkStats:
 
 
 class Sink(SinkStats):
-    """``Collector(sink=True)`` in a subprocess of its own."""
+    """``Collector(sink=True)`` in a subprocess of its own; ``Collector(db=db)`` with a db."""
 
-    def __init__(self) -> None:
+    def __init__(self, db: str | None = None) -> None:
+        command = [sys.executable, "-c", SERVE, *([db] if db else [])]
         self._proc = subprocess.Popen(
-            [sys.executable, "-c", SERVE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
         assert self._proc.stdout is not None
         url = self._proc.stdout.readline().strip()
@@ -75,16 +90,11 @@ class Sink(SinkStats):
         self._conn.close()
         if self._proc.stdin is not None:
             self._proc.stdin.close()
-        try:
-            self._proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
+        reap(self._proc, 5)
 
 
 class RefusedPort:
-    """A loopback port bound but never listening: connections are refused, and no other
-    process can take the port while the benchmark relies on it being down."""
+    """A loopback port bound, never listening: refused, and no other process takes it."""
 
     def __init__(self) -> None:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

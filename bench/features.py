@@ -1,34 +1,18 @@
-"""What before_send and compression="gzip" cost, and what gzip saves (issue #22).
-
-    python -m bench.features [--calls 20000] [--posts 300] [--rounds 7]
-
-1. ``track()`` CPU per call (``time.process_time``; a ``send=False`` client, so only the
-   caller's path is timed) without a hook, with a hook that returns the event as it is,
-   and with one that removes a property. Variants alternate round after round and the
-   median round is reported, so load on a shared machine hits them all alike.
-2. gzip on 100-event batches, of the benchmark's events (``track("Report Generated",
-   {"report_type": "revenue", "rows": i}, user_id="usr_1", group_id="org_1")``) and of
-   varied ones (five event names, random ids, paths and numbers): bytes per batch and
-   compression CPU per event at levels 1, 6 and 9.
-3. ``Transport.post`` of those batches to the local collector (its own process, so its
-   CPU is not counted), with and without ``compression="gzip"``: CPU per event.
-
-Self-contained: it needs only klime_mp.
-"""
+"""What before_send and compression="gzip" cost, and what gzip saves (issue #22):
+``python -m bench.features [--calls 20000] [--posts 300] [--rounds 7]``; method in
+docs/performance.md."""
 
 from __future__ import annotations
 
-import argparse
 import random
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import zlib
 from pathlib import Path
 from typing import Any, Callable
 
+from bench.collector import Sink
+from bench.table import arguments, medians
 from klime_mp import KlimeClient, events
 from klime_mp.delivery import transport
 from klime_mp.delivery.transport import Transport
@@ -36,17 +20,6 @@ from klime_mp.options import build_options
 
 BATCH = 100
 NAMES = ["Page Viewed", "Report Generated", "Button Clicked", "Signed In", "Export Started"]
-
-
-def median_rounds(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
-    """Each variant's median over ``rounds`` alternating rounds."""
-    seen: dict[str, list[float]] = {name: [] for name in variants}
-    for run in variants.values():
-        run()  # warm-up, not counted: the first round of the first variant ran cold
-    for _ in range(rounds):
-        for name, run in variants.items():
-            seen[name].append(run())
-    return {name: statistics.median(values) for name, values in seen.items()}
 
 
 # -- 1. before_send ----------------------------------------------------------------------
@@ -75,16 +48,9 @@ def track_cpu(client: KlimeClient, calls: int) -> Callable[[], float]:
 
 
 def before_send_costs(calls: int, rounds: int) -> None:
-    variants = {
-        "no hook": track_cpu(KlimeClient("k", send=False), calls),
-        "hook returning the event": track_cpu(
-            KlimeClient("k", send=False, before_send=keep), calls
-        ),
-        "hook removing a property": track_cpu(
-            KlimeClient("k", send=False, before_send=redact), calls
-        ),
-    }
-    result = median_rounds(variants, rounds)
+    hooks = {"no hook": None, "hook returning the event": keep, "hook removing a property": redact}
+    clients = {name: KlimeClient("k", send=False, before_send=h) for name, h in hooks.items()}
+    result = medians({name: track_cpu(c, calls) for name, c in clients.items()}, rounds)
     base = result["no hook"]
     print(f"track() CPU per call, median of {rounds} rounds of {calls:,}:")
     for name, micros in result.items():
@@ -138,7 +104,7 @@ def gzip_sizes(bodies: dict[str, bytes], rounds: int) -> None:
                     packed = deflate.compress(body) + deflate.flush()
                 return (time.process_time() - start) / 50 / BATCH * 1e6
 
-            micros = median_rounds({"": run}, rounds)[""]
+            micros = medians({"": run}, rounds)[""]
             ratio = len(body) / len(packed)
             print(
                 f"  {label:<8} level {level}: {len(body):,} -> {len(packed):,} bytes "
@@ -161,34 +127,26 @@ def post_cpu(url: str, body: bytes, compression: str | None, posts: int) -> Call
 
 def post_costs(bodies: dict[str, bytes], posts: int, rounds: int) -> None:
     with tempfile.TemporaryDirectory() as directory:
-        db = Path(directory) / "events.sqlite3"
-        command = [sys.executable, "-m", "klime_mp", "collector", "--port", "0", "--db", str(db)]
-        server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        server = Sink(db=str(Path(directory) / "events.sqlite3"))
         try:
-            assert server.stdout is not None
-            url = server.stdout.readline().strip().rsplit(" ", 1)[-1]
+            url = server.url
             print(f"Transport.post to the local collector, CPU per event ({posts} POSTs a round):")
             for label, body in bodies.items():
                 variants = {
                     "plain": post_cpu(url, body, None, posts),
                     "gzip": post_cpu(url, body, "gzip", posts),
                 }
-                result = median_rounds(variants, rounds)
+                result = medians(variants, rounds)
                 print(
                     f"  {label:<8} plain {result['plain']:.2f} µs, gzip {result['gzip']:.2f} µs "
                     f"(level {transport.GZIP_LEVEL})"
                 )
         finally:
-            server.terminate()
-            server.wait(10)
+            server.stop()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--calls", type=int, default=20_000)
-    parser.add_argument("--posts", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=7)
-    args = parser.parse_args()
+    args = arguments(__doc__, calls=20_000, posts=300, rounds=7)
     before_send_costs(args.calls, args.rounds)
     bodies = {"bench": bench_events(), "varied": varied_events()}
     gzip_sizes(bodies, args.rounds)

@@ -1,17 +1,9 @@
-"""How long a SIGKILLed process's events wait before a live sibling sends them.
-
-A sibling process of the same app (same endpoint, key and spool directory) runs with a
-spooled client that tracks one event a second. A victim process tracks N events with
-the server "down" for it (its sender never gets a batch out: its flush interval is an
-hour and the batches stay below max_batch_size) and SIGKILLs itself. The clock starts
-at the kill and stops when the collector has stored all N: that is the hand-off.
-
-    python -m bench.orphan_handoff [--runs 5] [--events 500]
-"""
+"""How long a SIGKILLed process's events wait before a live sibling sends them:
+``python -m bench.orphan_handoff [--runs 5] [--events 550]``; method in
+docs/performance.md."""
 
 from __future__ import annotations
 
-import argparse
 import random
 import statistics
 import subprocess
@@ -22,6 +14,7 @@ import time
 from pathlib import Path
 
 from bench.collector import wait_until
+from bench.table import arguments
 from klime_mp.collector import Collector
 
 SIBLING = textwrap.dedent("""
@@ -82,10 +75,7 @@ def one_run(events: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.orphan_handoff")
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--events", type=int, default=550)
-    args = parser.parse_args(argv)
+    args = arguments(__doc__, argv, runs=5, events=550)
     times = [one_run(args.events) for _ in range(args.runs)]
     print(
         f"SIGKILL to delivery by a live sibling: median {statistics.median(times):.2f} s, "

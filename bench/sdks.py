@@ -1,18 +1,7 @@
-"""One adapter per SDK: build a client against a URL and expose its own track call.
-
-Each SDK makes its own equivalent of Klime's
-``track("Report Generated", {...}, user_id="usr_1", group_id="org_1")``:
-
-* klime_mp, klime: ``client.track(event, properties, user_id=..., group_id=...)``
-* Segment: ``client.track(user_id, event, properties, context={"groupId": ...})``
-  (Segment's documented way to tie a track to an account)
-* PostHog: ``client.capture(event, distinct_id=..., properties=..., groups={...})``
-
-``call(properties=...)`` is a ``functools.partial`` over the SDK's bound method, so
-timing a call adds no Python frame of ours. Imports are lazy: a benchmark subprocess
-loads one SDK only.
-Options left as ``None`` keep each SDK's own default.
-"""
+"""One adapter per SDK: a client against a URL and its own equivalent of Klime's
+``track("Report Generated", {...}, user_id="usr_1", group_id="org_1")`` as
+``call(properties=...)``, a ``functools.partial`` (no frame of ours); see "Each SDK's
+own call" in docs/performance.md. Imports are lazy: a subprocess loads one SDK only."""
 
 from __future__ import annotations
 
@@ -153,9 +142,7 @@ class PostHog(Adapter):
 
 
 class EncodeOnly(Adapter):
-    """No SDK: what every SDK must do in the request, at least. The event as a dict with
-    a fresh UUID and the time, one ``json.dumps``, kept in a list that never grows past
-    a batch (a real SDK would queue it). Nothing is sent."""
+    """No SDK: the least any SDK does in the request (a UUID, the time, one json.dumps)."""
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
@@ -193,22 +180,8 @@ def make(name: str, settings: Settings) -> Adapter:
 
 
 def quiet_logging() -> None:
-    """An application with logging configured but quiet: SDK warnings are built and
-    dispatched (their cost counts) but written nowhere, and Python's last-resort
-    handler does not print them to stderr."""
+    """Logging configured but quiet: SDK warnings are built and dispatched, not printed."""
     root = logging.getLogger()
     if not root.handlers:
         root.addHandler(logging.NullHandler())
     root.setLevel(logging.WARNING)
-
-
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for dist in ("klime_mp", "klime", "segment-analytics-python", "posthog", "gunicorn"):
-        try:
-            found[dist] = version(dist)
-        except PackageNotFoundError:
-            found[dist] = "not installed"
-    return found

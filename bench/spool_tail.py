@@ -1,20 +1,12 @@
-"""track()'s latency with and without a spool, in one run: p50, p99, p99.9 of each call,
-and how long the sender holds the lock track() needs while it takes and acknowledges a
-batch of the spool. Self-contained: a sink collector in a child process (so its HTTP work
-does not compete for this process's GIL), a temporary spool.
+"""track()'s latency with and without a spool, in one run, and the sender's hold of the lock.
 
-    python bench/spool_tail.py [--events 50000] [--rounds 3]
-
-Modes: ``memory`` (no spool), ``spool``, ``spool+fsync`` (``spool_fsync_interval=1``).
-Each round runs every mode once, interleaved, so a noisy neighbour hits them alike.
+python bench/spool_tail.py [--events 50000] [--rounds 3]   (docs/performance.md)
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,20 +16,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.collector import Sink
+from bench.table import arguments, percentile
 from klime_mp import KlimeClient
 from klime_mp.delivery import spooled
 from klime_mp.spool import log as spool_log
-
-SINK = (
-    "import sys; from klime_mp.collector import Collector; c = Collector(sink=True).start(); "
-    "print(c.url, flush=True); sys.stdin.read()"
-)
-
-
-def percentiles(samples: list[float]) -> tuple[float, float, float]:
-    ordered = sorted(samples)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
-    return pick(0.50), pick(0.99), pick(0.999)
 
 
 class Timed:
@@ -89,32 +72,24 @@ def run(mode: str, url: str, events: int, work: Path) -> dict[str, list[float]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=50_000)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+    args = arguments(__doc__, events=50_000, rounds=3)
     modes = ("memory", "spool", "spool+fsync")
     found: dict[str, dict[str, list[float]]] = {m: {} for m in modes}
-    sink = subprocess.Popen(
-        [sys.executable, "-c", SINK], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+    sink = Sink()
     try:
-        assert sink.stdout is not None
-        url = sink.stdout.readline().strip()
         with tempfile.TemporaryDirectory() as tmp:
             for _ in range(args.rounds):
                 for mode in modes:
-                    for name, samples in run(mode, url, args.events, Path(tmp)).items():
+                    for name, samples in run(mode, sink.url, args.events, Path(tmp)).items():
                         found[mode].setdefault(name, []).extend(samples)
     finally:
-        sink.kill()
-        sink.wait()
+        sink.stop()
     print(f"{args.events} events x {args.rounds} rounds; load {os.getloadavg()[0]:.1f}; µs")
     print(f"{'mode':<12} {'what':<6} {'calls':>7} {'p50':>8} {'p99':>8} {'p99.9':>8} {'max':>9}")
     for mode in modes:
         for name, samples in found[mode].items():
             if samples:
-                p50, p99, p999 = percentiles(samples)
+                p50, p99, p999 = (percentile(sorted(samples), q) for q in (0.5, 0.99, 0.999))
                 print(
                     f"{mode:<12} {name:<6} {len(samples):>7} {p50:>8.1f} {p99:>8.1f}"
                     f" {p999:>8.1f} {max(samples):>9.1f}"

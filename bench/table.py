@@ -1,14 +1,14 @@
-"""From per-run figures to medians (min-max) over runs, ratios within runs, and tables.
-
-A ratio is computed inside each run first (klime_mp against the best peer *of that
-run*) and only then summarised over runs: on a shared, noisy machine two SDKs measured
-seconds apart are comparable, the same SDK measured in two runs less so.
-"""
+"""From samples to figures: percentiles, alternating rounds, medians (min-max) over runs,
+ratios within runs (against the best peer *of that run*: see docs/performance.md),
+tables, and the micro-benchmarks' command line."""
 
 from __future__ import annotations
 
+import argparse
+import math
 import statistics
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Callable
 
 from bench.sdks import PEERS
 
@@ -24,6 +24,36 @@ RATIOS = {
     **{f"latency {c}": {"p50_us": LOWER, "p99_us": LOWER} for c in ("up", "down", "full")},
     "throughput": {"events_per_s": HIGHER},
 }
+
+
+def percentile(ordered: Sequence[float], q: float) -> float:
+    """Nearest rank, q in 0..1, of an ascending sequence."""
+    return float(ordered[max(math.ceil(q * len(ordered)), 1) - 1])
+
+
+def alternate(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    """Each variant's figure from ``rounds`` rounds, every variant once a round and the
+    order reversed every other round, so load on a shared machine hits them all alike. A
+    first round, not counted, warms them up."""
+    seen: dict[str, list[float]] = {name: [] for name in variants}
+    for run in variants.values():
+        run()
+    for r in range(rounds):
+        for name in reversed(seen) if r % 2 else seen:
+            seen[name].append(variants[name]())
+    return seen
+
+
+def medians(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
+    return {name: statistics.median(v) for name, v in alternate(variants, rounds).items()}
+
+
+def arguments(doc: str, argv: list[str] | None = None, **defaults: float) -> argparse.Namespace:
+    """A micro-benchmark's options: ``--name`` for each default, of the default's type."""
+    parser = argparse.ArgumentParser(description=doc.strip().split("\n")[0])
+    for name, default in defaults.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+    return parser.parse_args(argv)
 
 
 def summarize(values: list[Any]) -> Summary | bool | None:

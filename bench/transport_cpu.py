@@ -1,31 +1,19 @@
-"""CPU per POST of the transport, against the HTTP stacks under it, in one run.
-
-Each variant posts the same 20-event batch over one kept-alive connection to the
-collector in sink mode (its own process, so its CPU is not counted) and is measured
-in process CPU (``time.process_time``) per POST. Variants alternate, round after round,
-and the median round is reported, so a burst of load on the machine hits all of them.
-
-    python -m bench.transport_cpu [--posts 2000] [--rounds 7]
-
-Variants: ``http.client`` on one connection (what the transport cost before it moved
-to urllib3: within a few µs of this), a bare urllib3 ``HTTPConnectionPool.urlopen``,
-and klime_mp's ``Transport.post``.
-"""
+"""CPU per POST of the transport, against the HTTP stacks under it, in one run:
+``python -m bench.transport_cpu [--posts 2000] [--rounds 7]``; method in
+docs/performance.md."""
 
 from __future__ import annotations
 
-import argparse
-import http.client
 import json
 import statistics
 import time
 from importlib.metadata import version
 from typing import Callable
-from urllib.parse import urlsplit
 
 import urllib3
 
-from bench.collector import Sink
+from bench.collector import Sink, connection
+from bench.table import alternate, arguments
 from klime_mp.delivery.transport import Transport
 from klime_mp.options import build_options
 
@@ -46,22 +34,15 @@ def batch_body() -> bytes:
     return json.dumps({"batch": [event] * EVENTS}).encode()
 
 
-def transport(url: str) -> Transport:
-    """klime_mp's internal Transport: what one POST costs without the worker around it."""
-    return Transport(build_options("k", url))
-
-
 def variants(url: str, body: bytes) -> dict[str, Callable[[], object]]:
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    conn = http.client.HTTPConnection(host, port, timeout=10)
+    conn = connection(url)
 
     def with_http_client() -> object:
         conn.request("POST", "/v1/batch", body, HEADERS)
         return conn.getresponse().read()
 
-    pool = urllib3.HTTPConnectionPool(host, port, maxsize=1, retries=False)
-    ours = transport(url)
+    pool = urllib3.HTTPConnectionPool(conn.host, conn.port, maxsize=1, retries=False)
+    ours = Transport(build_options("k", url))  # one POST without the worker around it
     return {
         "http.client": with_http_client,
         f"urllib3 {version('urllib3')} pool": lambda: pool.urlopen(
@@ -71,30 +52,27 @@ def variants(url: str, body: bytes) -> dict[str, Callable[[], object]]:
     }
 
 
+def cpu_per_post(post: Callable[[], object], posts: int) -> Callable[[], float]:
+    def run() -> float:
+        started = time.process_time()
+        for _ in range(posts):
+            post()
+        return (time.process_time() - started) / posts * 1e6
+
+    return run
+
+
 def measure(posts: int, rounds: int) -> dict[str, list[float]]:
     sink = Sink()
     try:
         cases = variants(sink.url, batch_body())
-        for post in cases.values():  # connect and warm up
-            for _ in range(200):
-                post()
-        results: dict[str, list[float]] = {name: [] for name in cases}
-        for _ in range(rounds):
-            for name, post in cases.items():
-                started = time.process_time()
-                for _ in range(posts):
-                    post()
-                results[name].append((time.process_time() - started) / posts * 1e6)
-        return results
+        return alternate({n: cpu_per_post(post, posts) for n, post in cases.items()}, rounds)
     finally:
         sink.stop()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--posts", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=7)
-    args = parser.parse_args()
+    args = arguments(__doc__, posts=2000, rounds=7)
     print(f"{EVENTS}-event POSTs, {args.posts} per round, {args.rounds} rounds (CPU µs/POST)")
     for name, values in measure(args.posts, args.rounds).items():
         median = statistics.median(values)

@@ -1,11 +1,5 @@
-"""Every app under Gunicorn at once, loaded in turns: CPU per event and request latency.
-
-One ``gunicorn bench.wsgi_app:app`` per app (each SDK, no SDK, encode only). The load
-generator's processes each keep one request in flight; the requests for each app are cut
-into slices and all processes move from one app's slice to the next together (a
-barrier), so a burst of noise from elsewhere on a shared machine lands on every app
-alike instead of on whichever one happened to be running.
-"""
+"""Every app under Gunicorn at once, loaded in turns (barrier-synchronised slices): CPU
+per event and request latency; method in docs/performance.md (cpu, gunicorn)."""
 
 from __future__ import annotations
 
@@ -25,8 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.collector import Sink, free_port, wait_until
+from bench.collector import Sink, free_port, reap, wait_until
 from bench.sdks import BASELINES
+from bench.table import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 Figures = dict[str, dict[str, Any]]  # app -> figure -> value
@@ -74,16 +69,11 @@ def serving(apps: list[str], url: str, workers: int) -> Iterator[list[int]]:
             for _, proc in servers:
                 proc.send_signal(signal.SIGTERM)
             for _, proc in servers:
-                try:
-                    proc.wait(40)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                reap(proc, 40)
 
 
 def _sender(ports: list[int], per_slice: int, slices: int, barrier: Any, out: Any) -> None:
-    """One load process: per slice, per app (order rotating), its share of requests,
-    timed from connect to the last byte (a sync worker closes every connection)."""
+    """One load process: per slice, per app in rotating order, connect to last byte."""
     samples = [array("q") for _ in ports]
     walls = [0] * len(ports)
     for slice_no in range(slices):
@@ -104,9 +94,7 @@ def _sender(ports: list[int], per_slice: int, slices: int, barrier: Any, out: An
 
 
 def load(ports: list[int], requests: int, concurrency: int, slices: int) -> Figures:
-    """About ``requests`` to each port; req/s is requests over the app's summed slices.
-    Forked processes (this one has no threads), so the generator's own GIL does not add
-    to the latencies it reports."""
+    """About ``requests`` to each port from forked load processes (no GIL of ours shared)."""
     ctx = multiprocessing.get_context("fork")
     out, barrier = ctx.Queue(), ctx.Barrier(concurrency)
     per_slice = max(requests // (slices * concurrency), 1)
@@ -123,27 +111,15 @@ def load(ports: list[int], requests: int, concurrency: int, slices: int) -> Figu
         for samples, _ in results:
             merged.frombytes(samples[app])
         times = sorted(t for t in merged if t >= 0)
-        seconds = results[0][1][app] / 1e9
-        figures.append(
-            {
-                "requests": len(times),
-                "errors": len(merged) - len(times),
-                "rps": len(times) / seconds,
-                "p50_ms": times[len(times) // 2] / 1e6 if times else None,
-                "p99_ms": times[int(len(times) * 0.99)] / 1e6 if times else None,
-            }
-        )
+        ms = [percentile(times, q) / 1e6 if times else None for q in (0.5, 0.99)]
+        figure = {"requests": len(times), "errors": len(merged) - len(times)}
+        figure["rps"] = len(times) / (results[0][1][app] / 1e9)
+        figures.append({**figure, "p50_ms": ms[0], "p99_ms": ms[1]})
     return dict(zip(map(str, ports), figures))
 
 
 def cpu(apps: list[str], sink: Sink, requests: int, slices: int) -> Figures:
-    """CPU per event: each app's worker CPU per request, the no-SDK app's subtracted.
-
-    One sync worker per app (``-w 1``: every request lands in the process measured),
-    read through ``GET /cpu`` (``time.process_time_ns``: the request and the SDK's
-    sender thread alike) before the load and again once the sink has every event the
-    load tracked, so the sending is paid inside the window. Each SDK keeps its own
-    defaults (batch size, flush interval)."""
+    """CPU per event: worker CPU per request (``GET /cpu``), the no-SDK app's subtracted."""
 
     def tracked(figures: Figures) -> int:
         counts = [f["requests"] for f in figures.values()]
@@ -172,8 +148,7 @@ def cpu(apps: list[str], sink: Sink, requests: int, slices: int) -> Figures:
 
 
 def latency(apps: list[str], sink: Sink, requests: int, slices: int, workers: int) -> Figures:
-    """Request rate and latency, 4 load processes, and the median against the no-SDK
-    app's and the encode-only app's of the same run."""
+    """Request rate and latency, 4 load processes, medians against the baselines'."""
     with serving(apps, sink.url, workers) as ports:
         load(ports, max(requests // 8, 20), 4, 1)  # warm-up
         by_port = load(ports, requests, 4, slices)

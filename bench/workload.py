@@ -1,16 +1,11 @@
 """One SDK, one measurement, in a fresh process: ``python -m bench.workload PART CONFIG OUT``.
-
-A fresh process per SDK keeps every SDK's threads, queues and exit hooks away from the
-others' figures. It leaves through ``os._exit`` once its JSON result is written: exit
-hooks have nothing left to measure, and the official SDK's would retry for minutes with
-the collector down.
-"""
+It leaves through ``os._exit`` once its JSON result is written: the official SDK's exit
+hooks would retry for minutes with the collector down."""
 
 from __future__ import annotations
 
 import gc
 import json
-import math
 import os
 import sys
 import threading
@@ -20,6 +15,7 @@ from typing import Any, Callable
 
 from bench.collector import SinkStats
 from bench.sdks import Adapter, Settings, make
+from bench.table import percentile
 
 Config = dict[str, Any]
 Result = dict[str, Any]
@@ -29,11 +25,6 @@ def write_result(path: str, result: Result) -> None:
     with open(f"{path}.tmp", "w") as out:
         json.dump(result, out)
     os.replace(f"{path}.tmp", path)
-
-
-def percentile(ordered: list[int], q: float) -> float:
-    """Nearest rank, q in 0..1, of an ascending list."""
-    return float(ordered[max(math.ceil(q * len(ordered)), 1) - 1])
 
 
 class Recorder:
@@ -56,8 +47,7 @@ class Recorder:
     def result(self, censored_ns: int | None = None) -> Result:
         ordered = sorted(self.samples[: self.done])
         if censored_ns is not None:
-            # The call still running when the run was cut counts at what it had taken
-            # so far: a lower bound of its latency.
+            # the call in flight when the run was cut, censored: a lower bound
             ordered.append(censored_ns)
             ordered.sort()
         return {
@@ -71,10 +61,7 @@ class Recorder:
 
 
 def latency(config: Config, out: str) -> Result:
-    """``calls`` timed calls. A call blocked for ``stall_s`` (the official SDK sends and
-    retries in the caller's thread) or a run past ``budget_s`` ends the run: the call in
-    flight is reported censored. The watchdog wakes four times a second, rarely enough
-    not to disturb the calls it watches."""
+    """``calls`` timed calls; a stall or a run past its budget is cut, the call censored."""
     calls: int = config["calls"]
     settings = Settings(config["url"], queue_size=config["queue_size"])
     # "floor": the same loop around a call that does nothing, the harness's own cost
@@ -103,8 +90,7 @@ def latency(config: Config, out: str) -> Result:
 
 
 def throughput(config: Config, out: str) -> Result:
-    """A burst of ``events`` (queues that hold them all, batches of 100 for everyone),
-    then the wait until the sink counted the last one."""
+    """A burst of ``events``, then the wait until the sink counted the last one."""
     events: int = config["events"]
     sdk = make(config["sdk"], Settings(config["url"], queue_size=events + 1000, batch_size=100))
     sink = SinkStats(config["url"])
@@ -134,19 +120,16 @@ def _rss_mib() -> float:
 
 
 def memory(config: Config, out: str) -> Result:
-    """RSS of an idle client (built, one event tracked so its thread runs), what the
-    import and client add, and the growth while ``events`` wait (collector down)."""
+    """RSS of an idle client, what import and client add, growth while events wait."""
     events: int = config["events"]
-    # The standard library's HTTP client, which a web app has loaded anyway, is not
-    # counted against the SDK that happens to import it first.
+    # loaded by any web app anyway: not counted against the SDK that imports it first
     import urllib.request  # noqa: F401
 
     bare = _rss_mib()
     sdk: Adapter = make(config["sdk"], Settings(config["url"], queue_size=events + 1000))
     sdk.call(properties={"rows": 0})
     idle = _rss_mib()
-    # The official SDK sends from the caller once max_batch_size events wait: its queue
-    # never holds them, so it has no growth figure.
+    # the official SDK's queue never holds them (it sends from the caller): no growth
     if config["sdk"] != "klime":
         for i in range(events):
             sdk.call(properties={"report_type": "revenue", "rows": i})

@@ -1,8 +1,5 @@
-"""The app of the Gunicorn parts: one track() per request with the SDK named in the
-environment (``BENCH_SDK=none``: no SDK at all).
-
-    BENCH_SDK=klime_mp BENCH_URL=http://127.0.0.1:PORT gunicorn -w 4 bench.wsgi_app:app
-"""
+"""The app of the Gunicorn parts: one track() per request with the SDK named in
+``BENCH_SDK`` (``none``: no SDK at all), posting to ``BENCH_URL``."""
 
 from __future__ import annotations
 
