@@ -26,6 +26,7 @@ from bench.sdks import BASELINES, SDKS
 from bench.table import Figures, Run, markdown, summary
 
 ROOT = Path(__file__).resolve().parent.parent
+BENCH_DISTRIBUTIONS = ("segment-analytics-python", "posthog", "gunicorn")
 
 
 @dataclass(frozen=True)
@@ -89,11 +90,8 @@ def latency(plan: Plan, sink: Sink, down: RefusedPort, run: int) -> Run:
 
 def throughput(plan: Plan, sink: Sink, down: RefusedPort, run: int) -> Run:
     config = {"url": sink.url, "events": plan.throughput_events, "timeout_s": 60.0}
-    figures: Figures = {}
-    for sdk in rotated(SDKS, run):
-        result = workload("throughput", {**config, "sdk": sdk}, 120)
-        if result:
-            figures[sdk] = result
+    found = {sdk: workload("throughput", {**config, "sdk": sdk}, 120) for sdk in rotated(SDKS, run)}
+    figures: Figures = {sdk: result for sdk, result in found.items() if result}
     figures["collector ceiling"] = ceiling(sink, plan.throughput_events)
     return {"throughput": figures}
 
@@ -129,12 +127,9 @@ def memory(plan: Plan, sink: Sink, down: RefusedPort, run: int) -> Run:
     return {"memory": {sdk: r for sdk, r in results.items() if r}}
 
 
-PARTS: dict[str, Callable[[Plan, Sink, RefusedPort, int], Run]] = {
-    "cpu": cpu,
-    "latency": latency,
-    "throughput": throughput,
-    "gunicorn": gunicorn,
-    "memory": memory,
+Part = Callable[[Plan, Sink, RefusedPort, int], Run]
+PARTS: dict[str, Part] = {
+    part.__name__: part for part in (cpu, latency, throughput, gunicorn, memory)
 }
 
 
@@ -146,13 +141,13 @@ def cpu_model() -> str:
     return platform.machine()
 
 
-def meta(plan: Plan, parts: list[str]) -> dict[str, Any]:
-    def installed(dist: str) -> str:
-        try:
-            return version(dist)
-        except PackageNotFoundError:
-            return "not installed"
+def installed(dist: str) -> str:
+    with contextlib.suppress(PackageNotFoundError):
+        return version(dist)
+    return "not installed"
 
+
+def meta(plan: Plan, parts: list[str]) -> dict[str, Any]:
     git = ["git", "-C", str(ROOT), "describe", "--always", "--dirty"]
     return {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -160,10 +155,7 @@ def meta(plan: Plan, parts: list[str]) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "revision": subprocess.run(git, capture_output=True, text=True).stdout.strip(),
-        "versions": {
-            d: installed(d)
-            for d in ("klime_mp", "klime", "segment-analytics-python", "posthog", "gunicorn")
-        },
+        "versions": {d: installed(d) for d in ("klime_mp", "klime", *BENCH_DISTRIBUTIONS)},
         "load_before": "/".join(f"{x:.1f}" for x in os.getloadavg()),
         "parts": parts,
         "plan": asdict(plan),

@@ -62,12 +62,8 @@ class SinkStats:
 
     def wait_received(self, count: int, timeout: float, poll: float = 0.002) -> int | None:
         """``time.monotonic_ns()`` when ``count`` events were counted; None on timeout."""
-        deadline = time.monotonic() + timeout
-        while self.stats()["received"] < count:
-            if time.monotonic() >= deadline:
-                return None
-            time.sleep(poll)
-        return time.monotonic_ns()
+        counted = wait_until(lambda: self.stats()["received"] >= count, timeout, poll)
+        return time.monotonic_ns() if counted else None
 
 
 class Sink(SinkStats):
@@ -81,8 +77,7 @@ class Sink(SinkStats):
         assert self._proc.stdout is not None
         url = self._proc.stdout.readline().strip()
         if not url.startswith("http://"):
-            self._proc.kill()
-            self._proc.wait()
+            reap(self._proc, 0)
             raise RuntimeError(f"the collector did not start: {url!r}")
         super().__init__(url)
 
@@ -99,14 +94,14 @@ class RefusedPort:
     def __init__(self) -> None:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self.port: int = self._sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
 
     def close(self) -> None:
         self._sock.close()
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    refused = RefusedPort()  # bound, then released: a port no one held a moment ago
+    refused.close()
+    return refused.port

@@ -17,6 +17,7 @@ from klime_mp import KlimeClient, events
 from klime_mp.delivery import transport
 from klime_mp.delivery.transport import Transport
 from klime_mp.options import build_options
+from klime_mp.wire import batch_body
 
 BATCH = 100
 NAMES = ["Page Viewed", "Report Generated", "Button Clicked", "Signed In", "Export Started"]
@@ -61,16 +62,9 @@ def before_send_costs(calls: int, rounds: int) -> None:
 # -- 2. and 3. gzip ----------------------------------------------------------------------
 
 
-def batch_body(make: Callable[[int], bytes]) -> bytes:
-    return b'{"batch":[' + b",".join(make(i) for i in range(BATCH)) + b"]}"
-
-
 def bench_events() -> bytes:
-    def one(i: int) -> bytes:
-        props = {"report_type": "revenue", "rows": i}
-        return events.encode_track("Report Generated", props, "usr_1", "org_1")
-
-    return batch_body(one)
+    props = [{"report_type": "revenue", "rows": i} for i in range(BATCH)]
+    return batch_body([events.encode_track("Report Generated", p, "usr_1", "org_1") for p in props])
 
 
 def varied_events() -> bytes:
@@ -87,7 +81,7 @@ def varied_events() -> bytes:
         user, org = f"usr_{rnd.randrange(10**6)}", f"org_{rnd.randrange(10**4)}"
         return events.encode_track(rnd.choice(NAMES), props, user, org)
 
-    return batch_body(one)
+    return batch_body([one(i) for i in range(BATCH)])
 
 
 def gzip_sizes(bodies: dict[str, bytes], rounds: int) -> None:

@@ -45,15 +45,12 @@ class Recorder:
             self.done = i + 1
 
     def result(self, censored_ns: int | None = None) -> Result:
-        ordered = sorted(self.samples[: self.done])
-        if censored_ns is not None:
-            # the call in flight when the run was cut, censored: a lower bound
-            ordered.append(censored_ns)
-            ordered.sort()
+        # With the call in flight when the run was cut, censored: a lower bound.
+        cut = [] if censored_ns is None else [censored_ns]
+        ordered = sorted([*self.samples[: self.done], *cut])
+        quantiles = {"p50_us": 0.5, "p99_us": 0.99, "p999_us": 0.999}
         return {
-            "p50_us": percentile(ordered, 0.5) / 1e3,
-            "p99_us": percentile(ordered, 0.99) / 1e3,
-            "p999_us": percentile(ordered, 0.999) / 1e3,
+            **{name: percentile(ordered, q) / 1e3 for name, q in quantiles.items()},
             "max_ms": ordered[-1] / 1e6,
             "calls": len(ordered),
             "cut": censored_ns is not None,

@@ -60,7 +60,10 @@ def check_every_event(server: ServerProcess, collector: Collector, signum: int) 
     # with Python's own SIGINT handler restored, exits through KeyboardInterrupt.
     assert status in (0, 1, -signum), f"exit status {status}:\n{server.log_tail()}"
     assert "Traceback" not in server.log(), server.log_tail(60)
-    assert_exactly_once(load, got)
+    try:
+        assert_exactly_once(load, got)
+    except AssertionError as missing:  # the workers' own account of what they could not send
+        raise AssertionError(f"{missing}\n{server.log_tail(60)}") from None
 
 
 @pytest.mark.server

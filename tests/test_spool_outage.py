@@ -88,6 +88,16 @@ def fill(disk: Path) -> Path:
     return filler
 
 
+def watched_client(
+    url: str, spool: Path, errors: Errors, caplog: pytest.LogCaptureFixture
+) -> KlimeClient:
+    """A spooled client whose reports go to ``errors`` and whose spool lines ``caplog`` sees."""
+    caplog.set_level(logging.WARNING, logger="klime_mp")
+    return KlimeClient(
+        KEY, url, spool_dir=spool, on_error=errors, retry_initial_delay=50, shutdown_timeout=20
+    )
+
+
 def spool_lines(caplog: pytest.LogCaptureFixture, words: str) -> list[str]:
     return [r.getMessage() for r in caplog.records if words in r.getMessage()]
 
@@ -101,10 +111,7 @@ def test_a_full_disk_is_said_once_counted_and_retried_until_the_spool_works_agai
     url, start = late_collector
     spool = disk_256k / "spool"
     errors = Errors()
-    client = KlimeClient(
-        KEY, url, spool_dir=spool, on_error=errors, retry_initial_delay=50, shutdown_timeout=20
-    )
-    caplog.set_level(logging.WARNING, logger="klime_mp")
+    client = watched_client(url, spool, errors, caplog)
     client.track("Before", user_id="u")
     assert on_disk(spool) == 1
     filler = fill(disk_256k)
@@ -140,10 +147,7 @@ def test_a_directory_removed_under_a_running_process_is_noticed_and_made_again(
     url, start = late_collector
     spool = tmp_path / "spool"
     errors = Errors()
-    client = KlimeClient(
-        KEY, url, spool_dir=spool, on_error=errors, retry_initial_delay=50, shutdown_timeout=20
-    )
-    caplog.set_level(logging.WARNING, logger="klime_mp")
+    client = watched_client(url, spool, errors, caplog)
     for _ in range(5):
         client.track("Before", user_id="u")
     assert on_disk(spool) == 5
@@ -175,10 +179,7 @@ def test_a_read_only_disk_at_start_is_retried_until_it_is_writable(
     spool = disk_256k / "spool"
     subprocess.run(["mount", "-o", "remount,ro", str(disk_256k)], check=True)
     errors = Errors()
-    client = KlimeClient(
-        KEY, url, spool_dir=spool, on_error=errors, retry_initial_delay=50, shutdown_timeout=20
-    )
-    caplog.set_level(logging.WARNING, logger="klime_mp")
+    client = watched_client(url, spool, errors, caplog)
     for _ in range(10):
         client.track("Read-only", user_id="u")
     assert client.stats().spool_failures == 1
