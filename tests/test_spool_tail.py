@@ -55,12 +55,14 @@ class HeldAcknowledgement:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.entered = threading.Event()
+        self.thread: threading.Thread | None = None  # the sender held
         self._go = threading.Event()
         self._pid = os.getpid()
         real = spooled.Spool.acknowledge
 
         def held(spool_: spooled.Spool, count: int) -> None:
             if os.getpid() == self._pid and not self._go.is_set():
+                self.thread = threading.current_thread()
                 self.entered.set()
                 assert self._go.wait(WAIT_S)
             real(spool_, count)
@@ -69,11 +71,6 @@ class HeldAcknowledgement:
 
     def release(self) -> None:
         self._go.set()
-
-
-def sender_thread() -> threading.Thread:
-    (thread,) = [t for t in threading.enumerate() if t.name == "klime-sender"]
-    return thread
 
 
 # -- callers and the sender --------------------------------------------------------------
@@ -259,7 +256,8 @@ def test_an_acknowledgement_that_outlasts_shutdown_still_settles_and_the_sender_
     for n in range(10):
         client.track("Tail", {"tag": n}, user_id="u")
     assert held.entered.wait(WAIT_S)  # the server has the batch; the ledger does not know
-    sender = sender_thread()
+    sender = held.thread
+    assert sender is not None and sender.name == "klime-sender"
     # The deadline passes with the acknowledgement under way: the events are still on
     # disk, so shutdown says False, and leaves the log to the sender that is using it.
     assert client.shutdown() is False
