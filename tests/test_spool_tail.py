@@ -306,28 +306,31 @@ def test_a_fork_between_take_and_acknowledge_neither_resends_nor_loses(
 
 # -- SIGKILL between take and acknowledge ----------------------------------------------------
 
-# Tracks 300 events in batches of 50 and dies by SIGKILL inside the third acknowledgement:
-# the server stored batches 1 to 3, the ledger says 1 and 2 are delivered and 3 was taken.
-KILLED_IN_ACK = textwrap.dedent("""
+# Tracks 300 events in batches of 50 and dies by SIGKILL in the sender's third call of
+# ``where``: right after the third take, before its POST (``Worker._post``), or after the
+# server stored it, before the ledger moves (``Spool.acknowledge``).
+KILLED_IN = textwrap.dedent("""
     import os, signal, sys
     from klime_mp import KlimeClient
-    from klime_mp.delivery import spooled
+    from klime_mp.delivery import spooled, worker
 
-    real, calls = spooled.Spool.acknowledge, []
+    owner = {"post": worker.Worker, "ack": spooled.Spool}[sys.argv[3]]
+    name = {"post": "_post", "ack": "acknowledge"}[sys.argv[3]]
+    real, calls = getattr(owner, name), []
 
-    def acknowledge(spool, count):
-        calls.append(count)
+    def killed_on_the_third(*args, **kwargs):
+        calls.append(1)
         if len(calls) == 3:
             os.kill(os.getpid(), signal.SIGKILL)
-        real(spool, count)
+        return real(*args, **kwargs)
 
-    spooled.Spool.acknowledge = acknowledge
+    setattr(owner, name, killed_on_the_third)
     client = KlimeClient("tail-key", sys.argv[1], spool_dir=sys.argv[2], max_batch_size=50,
                          flush_interval=60_000)
     for n in range(300):
         client.track("Tail", {"tag": n}, user_id="u")
     client.flush(30)
-    sys.exit(5)  # not reached: killed in the third acknowledgement
+    sys.exit(5)  # not reached: killed on the third call
 """)
 
 SUCCESSOR = textwrap.dedent("""
@@ -365,21 +368,33 @@ def drain(url: str, spool_dir: Path) -> None:
 
 @pytest.mark.fork
 @pytest.mark.parametrize("recover", [successor, drain], ids=["successor", "drain"])
+@pytest.mark.parametrize(
+    ("where", "reached"), [("post", 100), ("ack", 150)], ids=["before-post", "before-ack"]
+)
 def test_a_sigkill_between_take_and_acknowledge_is_recovered_exactly_once(
     tmp_path: Path,
     collector_process: CollectorProcess,
     recover: Callable[[str, Path], dict[str, Any] | None],
+    where: str,
+    reached: int,
 ) -> None:
     spool_dir = tmp_path / "spool"
-    killed = run([sys.executable, "-c", KILLED_IN_ACK, collector_process.url, str(spool_dir)])
+    command = [sys.executable, "-c", KILLED_IN, collector_process.url, str(spool_dir), where]
+    killed = run(command)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    assert collector_process.stats()["stored"] == 150  # three batches reached the server
+    assert collector_process.stats()["stored"] == reached  # batches that reached the server
     outcome = recover(collector_process.url, spool_dir)
     # The 200 events the ledger does not call delivered are sent; of those, the 50 of the
     # batch taken for sending are counted as possibly sent twice (the drain says 200).
     if outcome is not None:
         assert (outcome["recovered"], outcome["resent"]) == (200, 50), outcome
     stats = collector_process.stats()
-    assert (stats["stored"], stats["received"], stats["duplicates"]) == (300, 350, 50), stats
+    # Stored once each; received twice only if the third batch had reached the server.
+    sent_twice = reached - 100
+    assert (stats["stored"], stats["received"], stats["duplicates"]) == (
+        300,
+        300 + sent_twice,
+        sent_twice,
+    ), stats
     assert sorted(e["properties"]["tag"] for e in collector_process.events()) == list(range(300))
     assert spool_files(spool_dir) == []
