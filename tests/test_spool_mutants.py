@@ -1,0 +1,176 @@
+"""The spool's decisions that its mutation runs found untested (docs/testing.md).
+
+Each test pins one decision of ``klime_mp/spool/`` that a surviving mutant changed without
+any test noticing: how much the size limit deletes (the least that brings the undelivered
+bytes under it, and a dead claimer's leftovers before anyone's events), when a file left
+by a crash counts as a leftover (60 s), and that a full disk never turns the endpoint note
+into an error. Real files in the test's own directory, a real tmpfs for the full disk.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from klime_mp.spool import limit
+from klime_mp.spool import log as spool
+from tests.test_spool_edges import mount_tmpfs
+
+SEGMENT = 8 * 1024  # SEGMENT_BYTES in these tests: a segment rolls past 8 KiB
+
+
+def record(index: int) -> bytes:
+    return b"rec-%08d" % index + b"x" * 88  # 100 bytes
+
+
+@pytest.fixture
+def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(spool, "SEGMENT_BYTES", SEGMENT)
+    return spool.app_directory(tmp_path / "spool", "http://127.0.0.1:9", "wk_test")
+
+
+def open_log(app: Path, max_bytes: int = 1 << 30) -> spool.EventLog:
+    def on_loss(reason: str, records: list[bytes]) -> None:
+        raise AssertionError(f"nothing is dropped by the log itself here: {reason}")
+
+    return spool.EventLog.open(app, max_bytes=max_bytes, on_loss=on_loss)
+
+
+def leave_orphan(app: Path, first: int, count: int) -> str:
+    """A log whose writer closed without acknowledging; its name."""
+    log = open_log(app)
+    for index in range(first, first + count):
+        log.append(record(index))
+    name = log.log_id
+    log.close()
+    return name
+
+
+def segments_of(app: Path, log_id: str) -> list[Path]:
+    return sorted(app.glob(f"{log_id}-*.seg"))
+
+
+def age(path: Path, seconds: float) -> None:
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+# -- the size limit deletes the least it can -----------------------------------------------
+
+
+def test_size_limit_deletes_the_oldest_segments_until_the_rest_fits_and_no_more(
+    app: Path,
+) -> None:
+    # Four full segments of a dead process's log (64 records of 100 bytes each, 8,212
+    # bytes with their headers), the oldest first.
+    orphan = leave_orphan(app, 0, 256)
+    files = segments_of(app, orphan)
+    assert len(files) == 4
+    for n, path in enumerate(files):
+        age(path, 100 - n)  # strictly ordered by age, whatever the clock's granularity
+    live = open_log(app)
+    live.append(record(1000))
+    sizes = [path.stat().st_size for path in files]
+    on_disk = sum(path.stat().st_size for path in app.glob("*.seg"))
+    # Room for everything but the two oldest segments, to the byte.
+    room = on_disk - sizes[0] - sizes[1]
+    lost = limit.enforce(live, room)
+    assert lost == [[record(i) for i in range(64)], [record(i) for i in range(64, 128)]]
+    assert segments_of(app, orphan) == files[2:]
+    # Within the limit already: nothing more goes.
+    assert limit.enforce(live, room) == []
+    assert segments_of(app, orphan) == files[2:]
+    live.close()
+
+
+def test_size_limit_deletes_a_dead_claimers_leftovers_before_any_event(app: Path) -> None:
+    # A claimer deletes the ledger first, then the segments; one that died in between
+    # leaves segments nobody owns, all of them delivered. The size limit deletes them first
+    # and reports nothing lost; a segment without a ledger younger than 60 s may be the
+    # first of a log being created right now: it stays, and the next oldest goes instead.
+    leftover = leave_orphan(app, 0, 128)  # two full segments
+    young = leave_orphan(app, 500, 1)
+    for name in (leftover, young):
+        (app / f"{name}.ledger").unlink()
+    for n, path in enumerate(segments_of(app, leftover)):
+        age(path, 200 - n)
+    age(segments_of(app, young)[0], 50)
+    orphan = leave_orphan(app, 1000, 100)  # 64 records, then 36
+    for n, path in enumerate(segments_of(app, orphan)):
+        age(path, 40 - n)
+    live = open_log(app)
+    on_disk = sum(path.stat().st_size for path in app.glob("*.seg"))
+    leftover_bytes = sum(path.stat().st_size for path in segments_of(app, leftover))
+    first = segments_of(app, orphan)[0].stat().st_size
+    lost = limit.enforce(live, on_disk - leftover_bytes - first)
+    assert lost == [[], [], [record(i) for i in range(1000, 1064)]]
+    assert segments_of(app, leftover) == []
+    assert len(segments_of(app, young)) == 1
+    live.close()
+    claimed = spool.claim_orphan(app)
+    assert claimed is not None and claimed.pending() == 36
+    claimed.release()
+
+
+# -- files left by a crash: leftovers after 60 s, not before ---------------------------------
+
+
+def test_a_file_left_by_a_crash_is_a_leftover_after_60_s_and_not_before(app: Path) -> None:
+    older, newer = leave_orphan(app, 0, 1), leave_orphan(app, 1, 1)
+    for name in (older, newer):
+        (app / f"{name}.ledger").unlink()
+    old_temp, young_temp = app / ".123-0000abcd.ledger.tmp", app / ".124-0000abcd.ledger.tmp"
+    old_temp.write_bytes(b"")
+    young_temp.write_bytes(b"")
+    # Half a second either side of 60 s (a loaded machine has that long to get to the claim).
+    age(segments_of(app, older)[0], 60.5)
+    age(old_temp, 60.5)
+    age(segments_of(app, newer)[0], 59.5)
+    age(young_temp, 59.5)
+    assert spool.claim_orphan(app) is None
+    assert segments_of(app, older) == [] and not old_temp.exists()
+    assert len(segments_of(app, newer)) == 1 and young_temp.exists()
+
+
+# -- the endpoint note on a full disk ------------------------------------------------------
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[Path]:
+    yield from mount_tmpfs(tmp_path / "disk", "256k")
+
+
+def fill(path: Path) -> None:
+    with open(path, "wb", buffering=0) as filler:
+        try:
+            while True:
+                filler.write(b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+
+
+def test_a_full_disk_leaves_neither_an_endpoint_note_nor_its_temporary_file(disk: Path) -> None:
+    app = spool.app_directory(disk / "spool", "http://127.0.0.1:9", "wk_test")
+    live = open_log(app)
+    fill(disk / "filler")
+    spool.remember_endpoint(app, "http://127.0.0.1:9")  # best effort: no error
+    assert sorted(p.name for p in app.parent.iterdir()) == [app.name]
+    (disk / "filler").unlink()
+    spool.remember_endpoint(app, "http://127.0.0.1:9")
+    assert (app.parent / f"{app.name}.endpoint").read_text() == "http://127.0.0.1:9"
+    live.close()
+
+
+def test_a_read_only_disk_makes_the_endpoint_note_a_no_op(disk: Path) -> None:
+    # Nothing can be created there: the note is skipped, without an error.
+    app = spool.app_directory(disk / "spool", "http://127.0.0.1:9", "wk_test")
+    open_log(app).close()  # the app directory, empty
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    spool.remember_endpoint(app, "http://127.0.0.1:9")
+    assert sorted(p.name for p in app.parent.iterdir()) == [app.name]
