@@ -4,7 +4,9 @@ Each test pins one decision of ``klime_mp/spool/`` that a surviving mutant chang
 any test noticing: how much the size limit deletes (the least that brings the undelivered
 bytes under it, and a dead claimer's leftovers before anyone's events), when a file left
 by a crash counts as a leftover (60 s), and that a full disk never turns the endpoint note
-into an error. Real files in the test's own directory, a real tmpfs for the full disk.
+into an error; how this process's own log counts what it finds damaged on disk, in events;
+and that a record after a short write on a full disk lands right after the last whole one.
+Real files in the test's own directory, a real tmpfs for the full disk.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from pathlib import Path
 
 import pytest
 
+from klime_mp.spool import format as fmt
 from klime_mp.spool import limit
 from klime_mp.spool import log as spool
 from tests.test_spool_edges import mount_tmpfs
 
 SEGMENT = 8 * 1024  # SEGMENT_BYTES in these tests: a segment rolls past 8 KiB
+HEADER = 28  # bytes before each payload on disk (magic, crc, length, number, time)
 
 
 def record(index: int) -> bytes:
@@ -174,3 +178,91 @@ def test_a_read_only_disk_makes_the_endpoint_note_a_no_op(disk: Path) -> None:
     subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
     spool.remember_endpoint(app, "http://127.0.0.1:9")
     assert sorted(p.name for p in app.parent.iterdir()) == [app.name]
+
+
+# -- this process's own log: damage it reads from disk, counted in events -------------------
+
+
+def zero_records(segment: Path, first: int, count: int, size: int) -> None:
+    """Zero records ``first`` to ``first + count - 1`` (numbered from 1) of ``size`` bytes."""
+    with open(segment, "r+b") as file:
+        file.seek(fmt.FILE_HEADER_BYTES + (first - 1) * (HEADER + size))
+        file.write(b"\0" * count * (HEADER + size))
+
+
+def test_own_log_counts_damage_it_reads_again_after_a_rewind(app: Path) -> None:
+    log = open_log(app)
+    for index in range(1, 13):
+        log.append(record(index))
+    assert log.take(100, 1 << 20) == [record(i) for i in range(1, 13)]  # from memory
+    log.acknowledge(5)
+    (segment,) = segments_of(app, log.log_id)
+    zero_records(segment, 6, 1, 100)  # one in the middle
+    zero_records(segment, 11, 2, 100)  # and the last two: a damaged tail
+    log.rewind()  # the send failed: the rest comes again, from disk
+    assert log.take(100, 1 << 20) == [record(i) for i in range(7, 11)]
+    assert log.torn == 3  # record 6, and 11 and 12 (the log knows it wrote 12)
+    log.close()
+
+
+def test_own_log_counts_a_damaged_first_record_of_a_backlog_read_from_disk(app: Path) -> None:
+    # Over 1 MiB waiting: the oldest records are no longer kept in memory, so the first
+    # take reads the disk, from the first record on.
+    log = open_log(app)
+    big = [b"big-%06d" % i + b"y" * 990 for i in range(1, 1101)]  # 1,000 bytes each
+    for data in big:
+        log.append(data)
+    zero_records(segments_of(app, log.log_id)[0], 1, 1, 1000)
+    assert log.take(10, 1 << 20) == big[1:11]
+    assert log.torn == 1
+    log.close()
+
+
+def test_own_log_counts_a_damaged_record_read_from_disk_after_takes_from_memory(
+    app: Path,
+) -> None:
+    # The sender took three records from memory; then over 1 MiB arrived at once, so the
+    # next take reads the disk, from record 4 on.
+    log = open_log(app)
+    for index in range(1, 4):
+        log.append(record(index))
+    assert log.take(100, 1 << 20) == [record(1), record(2), record(3)]
+    log.acknowledge(3)
+    big = [b"big-%06d" % i + b"y" * 990 for i in range(4, 1104)]  # 1,000 bytes each
+    for data in big:
+        log.append(data)
+    with open(segments_of(app, log.log_id)[0], "r+b") as file:  # record 4, the first big one
+        file.seek(fmt.FILE_HEADER_BYTES + 3 * (HEADER + 100))
+        file.write(b"\0" * (HEADER + 1000))
+    assert log.take(10, 1 << 20) == big[1:11]
+    assert log.torn == 1
+    log.close()
+
+
+# -- a short write on a full disk --------------------------------------------------------
+
+
+def test_a_record_after_a_short_write_follows_the_last_whole_one(disk: Path) -> None:
+    # The disk fills in the middle of a record: the partial record is cut off, and once
+    # there is room again the next record goes right after the last whole one (O_APPEND),
+    # not after the cut-off bytes, where a reader would find a hole of zeros.
+    app = spool.app_directory(disk / "spool", "http://127.0.0.1:9", "wk_test")
+    log = open_log(app)
+    log.append(record(1))
+    fill(disk / "filler")
+    os.truncate(disk / "filler", (disk / "filler").stat().st_size - 8192)  # two pages free
+    with pytest.raises(OSError) as refused:
+        log.append(b"z" * 20_000)
+    assert refused.value.errno == errno.ENOSPC
+    (disk / "filler").unlink()
+    log.append(record(2))
+    name = log.log_id
+    log.close()
+    (segment,) = segments_of(app, name)
+    assert segment.stat().st_size == fmt.FILE_HEADER_BYTES + 2 * (HEADER + 100)
+    orphan = spool.claim_orphan(app)
+    assert orphan is not None
+    assert orphan.take(10, 1 << 20) == [record(1), record(2)]
+    assert orphan.torn == 0
+    orphan.acknowledge(2)
+    orphan.release()
