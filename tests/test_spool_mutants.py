@@ -239,6 +239,64 @@ def test_own_log_counts_a_damaged_record_read_from_disk_after_takes_from_memory(
     log.close()
 
 
+# -- a dead writer's log: what it held, counted exactly ------------------------------------
+
+
+def test_an_orphan_acknowledged_part_way_counts_no_damage_and_resends_exactly(app: Path) -> None:
+    # The writer took 30 records for sending, had 10 acknowledged, then died. The claimer
+    # reads from record 11: nothing damaged, 20 possibly resent; a rewind of records taken
+    # again does not count them twice, not even the last one of the batch.
+    log = open_log(app)
+    for index in range(1, 41):
+        log.append(record(index))
+    assert len(log.take(30, 1 << 20)) == 30
+    log.acknowledge(10)
+    log.close()
+    orphan = spool.claim_orphan(app)
+    assert orphan is not None
+    assert (orphan.pending(), orphan.torn) == (30, 0)
+    assert orphan.take(15, 1 << 20) == [record(i) for i in range(11, 26)]
+    assert orphan.resent == 15
+    orphan.rewind()
+    assert orphan.take(15, 1 << 20) == [record(i) for i in range(11, 26)]
+    assert orphan.resent == 15
+    assert len(orphan.take(100, 1 << 20)) == 15
+    assert orphan.resent == 20
+    orphan.acknowledge(30)
+    orphan.release()
+
+
+def test_an_orphan_counts_a_lost_segment_tail_and_the_next_segments_damaged_head(
+    app: Path,
+) -> None:
+    # Two segments of 64 records and 36: the last two records of the first are damaged,
+    # and the first record of the second. The second's file header says its first record
+    # is number 65: 2 lost before it, 1 after.
+    name = leave_orphan(app, 1, 100)
+    first, second = segments_of(app, name)
+    zero_records(first, 63, 2, 100)
+    zero_records(second, 1, 1, 100)
+    orphan = spool.claim_orphan(app)
+    assert orphan is not None
+    assert (orphan.pending(), orphan.torn) == (97, 3)
+    orphan.release()
+
+
+def test_status_ages_an_orphan_by_its_oldest_pending_record(
+    app: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = time.time()
+    stamps = iter([now - 100.0] + [now] * 9)  # the first record was appended 100 s ago
+    monkeypatch.setattr(
+        fmt, "time", type("Clock", (), {"time": staticmethod(lambda: next(stamps))})
+    )
+    leave_orphan(app, 1, 10)
+    (found,) = spool.status(app.parent)
+    assert found.orphans == 1 and found.pending == 10
+    assert found.oldest_pending_age is not None
+    assert 100.0 <= found.oldest_pending_age < 130.0
+
+
 # -- a short write on a full disk --------------------------------------------------------
 
 
