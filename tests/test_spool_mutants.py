@@ -5,7 +5,9 @@ any test noticing: how much the size limit deletes (the least that brings the un
 bytes under it, and a dead claimer's leftovers before anyone's events), when a file left
 by a crash counts as a leftover (60 s), and that a full disk never turns the endpoint note
 into an error; how this process's own log counts what it finds damaged on disk, in events;
-and that a record after a short write on a full disk lands right after the last whole one.
+that a record after a short write on a full disk lands right after the last whole one; and
+how a log's files are created (in its directory, never over another's, cleaned up on a full
+disk).
 Real files in the test's own directory, a real tmpfs for the full disk.
 """
 
@@ -324,3 +326,58 @@ def test_a_record_after_a_short_write_follows_the_last_whole_one(disk: Path) -> 
     assert orphan.torn == 0
     orphan.acknowledge(2)
     orphan.release()
+
+
+# -- creating a log's files ------------------------------------------------------------------
+
+
+def test_a_new_ledger_is_made_in_the_app_directory_whatever_the_working_directory(
+    disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Made under a temporary name and renamed into place: in the app directory itself (a
+    # rename cannot cross filesystems, and a crash leaves the temporary where a successor
+    # cleans it up), not in the working directory, here another filesystem.
+    monkeypatch.chdir(disk)
+    app = spool.app_directory(tmp_path / "spool", "http://127.0.0.1:9", "wk_test")
+    log = open_log(app)
+    log.append(record(1))
+    assert sorted(p.suffix for p in app.iterdir()) == [".ledger", ".seg"]
+    assert list(disk.iterdir()) == []
+    log.close()
+
+
+def test_a_log_name_in_use_by_a_ledger_being_created_is_never_taken_over(
+    app: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another process is between creating its ledger and renaming it: that name is taken.
+    open_log(app).close()  # the app directory
+    monkeypatch.setattr(spool.secrets, "token_hex", lambda n: "0000abcd")
+    taken = app / f".{os.getpid()}-0000abcd.ledger.tmp"
+    taken.write_bytes(b"theirs")
+    with pytest.raises(spool.SpoolUnavailable, match="cannot create a unique log name"):
+        open_log(app)
+    assert taken.read_bytes() == b"theirs"
+    assert list(app.glob("*.ledger")) == []
+
+
+def test_a_segment_that_cannot_be_started_on_a_full_disk_is_removed(
+    disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The segment being written is full and the disk too: the next one cannot even hold its
+    # header. The append fails with ENOSPC (the caller falls back to memory) and leaves no
+    # empty segment behind; once there is room, the log goes on.
+    monkeypatch.setattr(spool, "SEGMENT_BYTES", SEGMENT)
+    app = spool.app_directory(disk / "spool", "http://127.0.0.1:9", "wk_test")
+    log = open_log(app)
+    for index in range(1, 65):  # 64 records of 100 bytes: the first segment is full
+        log.append(record(index))
+    fill(disk / "filler")
+    with pytest.raises(OSError) as refused:
+        log.append(record(65))
+    assert refused.value.errno == errno.ENOSPC
+    assert len(segments_of(app, log.log_id)) == 1
+    (disk / "filler").unlink()
+    log.append(record(65))
+    assert len(segments_of(app, log.log_id)) == 2
+    assert len(log.take(100, 1 << 20)) == 65
+    log.close()
