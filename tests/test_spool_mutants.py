@@ -95,6 +95,28 @@ def test_size_limit_deletes_the_oldest_segments_until_the_rest_fits_and_no_more(
     live.close()
 
 
+def test_size_limit_reports_only_the_unacknowledged_records_of_an_orphans_segment(
+    app: Path,
+) -> None:
+    # The writer had 10 records of its first segment acknowledged, then died: deleting that
+    # segment loses records 11 to 64, not the 10 delivered.
+    log = open_log(app)
+    for index in range(1, 101):  # 64 records, then 36
+        log.append(record(index))
+    assert len(log.take(10, 1 << 20)) == 10
+    log.acknowledge(10)
+    name = log.log_id
+    log.close()
+    first, second = segments_of(app, name)
+    age(first, 100)
+    age(second, 99)
+    live = open_log(app)
+    on_disk = sum(path.stat().st_size for path in app.glob("*.seg"))
+    lost = limit.enforce(live, on_disk - first.stat().st_size)
+    assert lost == [[record(i) for i in range(11, 65)]]
+    live.close()
+
+
 def test_size_limit_deletes_a_dead_claimers_leftovers_before_any_event(app: Path) -> None:
     # A claimer deletes the ledger first, then the segments; one that died in between
     # leaves segments nobody owns, all of them delivered. The size limit deletes them first
@@ -262,9 +284,12 @@ def test_an_orphan_acknowledged_part_way_counts_no_damage_and_resends_exactly(ap
     orphan.rewind()
     assert orphan.take(15, 1 << 20) == [record(i) for i in range(11, 26)]
     assert orphan.resent == 15
+    orphan.acknowledge(15)
+    assert orphan.pending() == 15
     assert len(orphan.take(100, 1 << 20)) == 15
     assert orphan.resent == 20
-    orphan.acknowledge(30)
+    orphan.acknowledge(15)
+    assert orphan.pending() == 0
     orphan.release()
 
 
