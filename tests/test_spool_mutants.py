@@ -406,3 +406,16 @@ def test_a_segment_that_cannot_be_started_on_a_full_disk_is_removed(
     assert len(segments_of(app, log.log_id)) == 2
     assert len(log.take(100, 1 << 20)) == 65
     log.close()
+
+
+def test_a_log_that_cannot_be_created_on_a_full_disk_is_unavailable_and_leaves_nothing(
+    disk: Path,
+) -> None:
+    # The ledger's first write fails: SpoolUnavailable (the client then keeps events in
+    # memory and says so), and its temporary file is gone.
+    app = spool.app_directory(disk / "spool", "http://127.0.0.1:9", "wk_test")
+    open_log(app).close()  # the app directory, empty
+    fill(disk / "filler")
+    with pytest.raises(spool.SpoolUnavailable, match="No space left"):
+        open_log(app)
+    assert list(app.iterdir()) == []
