@@ -419,3 +419,60 @@ def test_a_log_that_cannot_be_created_on_a_full_disk_is_unavailable_and_leaves_n
     with pytest.raises(spool.SpoolUnavailable, match="No space left"):
         open_log(app)
     assert list(app.iterdir()) == []
+
+
+# -- segments: when they roll, which ones the size limit may take --------------------------
+
+
+def test_a_segment_rolls_once_it_holds_4_mib(tmp_path: Path) -> None:
+    app = spool.app_directory(tmp_path / "spool", "http://127.0.0.1:9", "wk_test")
+    log = open_log(app)
+    data = b"k" * (1024 - HEADER)  # 1 KiB a record on disk
+    for _ in range(4096):  # 4 MiB and the file header: the segment is full
+        log.append(data)
+    assert len(segments_of(app, log.log_id)) == 1
+    log.append(data)
+    first, second = segments_of(app, log.log_id)
+    assert first.stat().st_size == fmt.FILE_HEADER_BYTES + 4096 * 1024
+    assert second.stat().st_size == fmt.FILE_HEADER_BYTES + 1024
+    log.close()
+
+
+def test_a_delivered_segment_being_written_is_rolled_from_64_kib_not_before(
+    tmp_path: Path,
+) -> None:
+    # 100-byte records take 128 bytes on disk: 508 of them and the file header are just
+    # under 64 KiB, 512 just over.
+    app = spool.app_directory(tmp_path / "spool", "http://127.0.0.1:9", "wk_test")
+    log = open_log(app)
+    for index in range(508):
+        log.append(record(index))
+    (first,) = segments_of(app, log.log_id)
+    assert first.stat().st_size == fmt.FILE_HEADER_BYTES + 508 * 128 < 64 * 1024
+    assert len(log.take(1000, 1 << 20)) == 508
+    log.acknowledge(508)
+    assert segments_of(app, log.log_id) == [first]  # delivered, but under 64 KiB: kept
+    for index in range(508, 512):
+        log.append(record(index))
+    assert first.stat().st_size == fmt.FILE_HEADER_BYTES + 512 * 128 >= 64 * 1024
+    assert len(log.take(1000, 1 << 20)) == 4
+    log.acknowledge(4)
+    (second,) = segments_of(app, log.log_id)  # the delivered 64 KiB left the disk
+    assert second != first and second.stat().st_size == fmt.FILE_HEADER_BYTES
+    log.close()
+
+
+def test_size_limit_never_takes_any_segment_of_a_batch_in_flight(app: Path) -> None:
+    # Records 1 to 100 are being sent: the whole of segment 1 (1-64) and part of segment 2
+    # (65-100). Neither may go; segment 3 (129-192) may; segment 4 is being written.
+    log = open_log(app)
+    for index in range(1, 201):
+        log.append(record(index))
+    assert len(segments_of(app, log.log_id)) == 4
+    assert log.take(100, 1 << 20) == [record(i) for i in range(1, 101)]
+    on_disk = sum(path.stat().st_size for path in segments_of(app, log.log_id))
+    lost = limit.enforce(log, on_disk - 1)
+    assert lost == [[record(i) for i in range(129, 193)]]
+    log.acknowledge(100)
+    assert log.take(1000, 1 << 20) == [record(i) for i in [*range(101, 129), *range(193, 201)]]
+    log.close()
