@@ -476,3 +476,34 @@ def test_size_limit_never_takes_any_segment_of_a_batch_in_flight(app: Path) -> N
     log.acknowledge(100)
     assert log.take(1000, 1 << 20) == [record(i) for i in [*range(101, 129), *range(193, 201)]]
     log.close()
+
+
+# -- spool status: which entries of a spool directory are apps -----------------------------
+
+
+def test_status_shows_every_app_and_names_each_foreign_entry_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool_dir = tmp_path / "spool"
+    apps = []
+    for n in range(3):
+        endpoint = f"http://127.0.0.1:{9000 + n}"
+        app = spool.app_directory(spool_dir, endpoint, "wk_test")
+        log = open_log(app)
+        log.append(record(n))
+        log.close()  # an orphan with one event
+        spool.remember_endpoint(app, endpoint)
+        apps.append((app.name, endpoint))
+    foreign = [spool_dir / "notes.txt", spool_dir / "0123456789abcdef", spool_dir / "cache"]
+    foreign[0].write_text("mine")
+    foreign[1].write_text("a file named like an app")
+    foreign[2].mkdir()
+    with caplog.at_level("WARNING", logger="klime_mp"):
+        found = spool.status(spool_dir)
+    assert sorted((s.app, s.endpoint, s.pending) for s in found) == sorted(
+        (name, endpoint, 1) for name, endpoint in apps
+    )
+    warnings = [r.getMessage() for r in caplog.records]
+    assert sorted(warnings) == sorted(
+        f"spool: skipping {path} (not an app directory)" for path in foreign
+    )
