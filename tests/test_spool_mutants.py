@@ -507,3 +507,52 @@ def test_status_shows_every_app_and_names_each_foreign_entry_once(
     assert sorted(warnings) == sorted(
         f"spool: skipping {path} (not an app directory)" for path in foreign
     )
+
+
+# -- misuse, and a damaged file header -------------------------------------------------------
+
+
+def test_acknowledging_a_negative_count_is_refused(app: Path) -> None:
+    log = open_log(app)
+    log.append(record(1))
+    assert log.take(10, 1 << 20) == [record(1)]
+    with pytest.raises(ValueError, match=r"count must be between 0 and 1 .* got -1"):
+        log.acknowledge(-1)
+    assert log.pending() == 1
+    log.close()
+
+
+def test_an_orphan_whose_segment_header_is_damaged_is_read_whole(app: Path) -> None:
+    # The file header's checksum fails: its first record's number is unknown, but its
+    # records are intact and read; nothing is counted as lost.
+    name = leave_orphan(app, 1, 10)
+    (segment,) = segments_of(app, name)
+    with open(segment, "r+b") as file:
+        file.seek(8)  # inside the first record's number in the file header
+        file.write(b"\xff")
+    orphan = spool.claim_orphan(app)
+    assert orphan is not None
+    assert (orphan.pending(), orphan.torn) == (10, 0)
+    assert orphan.take(100, 1 << 20) == [record(i) for i in range(1, 11)]
+    orphan.acknowledge(10)
+    orphan.release()
+
+
+def test_an_orphan_acknowledged_to_a_segment_boundary_counts_no_damage(app: Path) -> None:
+    # The writer had its whole first segment (records 1 to 64) delivered, so that segment
+    # was deleted, then died: the second segment's file header says it starts at 65, so
+    # nothing is missing before it.
+    log = open_log(app)
+    for index in range(1, 101):
+        log.append(record(index))
+    assert len(log.take(64, 1 << 20)) == 64
+    log.acknowledge(64)
+    name = log.log_id
+    log.close()
+    assert len(segments_of(app, name)) == 1
+    orphan = spool.claim_orphan(app)
+    assert orphan is not None
+    assert (orphan.pending(), orphan.torn) == (36, 0)
+    assert orphan.take(100, 1 << 20) == [record(i) for i in range(65, 101)]
+    orphan.acknowledge(36)
+    orphan.release()
