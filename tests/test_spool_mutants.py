@@ -1,14 +1,11 @@
 """The spool's decisions that its mutation runs found untested (docs/testing.md).
 
-Each test pins one decision of ``klime_mp/spool/`` that a surviving mutant changed without
-any test noticing: how much the size limit deletes (the least that brings the undelivered
-bytes under it, and a dead claimer's leftovers before anyone's events), when a file left
-by a crash counts as a leftover (60 s), and that a full disk never turns the endpoint note
-into an error; how this process's own log counts what it finds damaged on disk, in events;
-that a record after a short write on a full disk lands right after the last whole one; and
-how a log's files are created (in its directory, never over another's, cleaned up on a full
-disk).
-Real files in the test's own directory, a real tmpfs for the full disk.
+Each test pins one decision of ``klime_mp/spool/`` that a surviving mutant (mutmut or
+cosmic-ray) changed without any test noticing: how much the size limit deletes and what it
+reports, when a file left by a crash is a leftover (60 s), how losses in damaged records are
+counted in events (this process's log and a dead writer's), when segments roll, how a log's
+files are created and cleaned up on a full disk, and what ``spool status`` shows. Real files
+in the test's own directory; a real tmpfs (256 KiB) for full and read-only disks.
 """
 
 from __future__ import annotations
