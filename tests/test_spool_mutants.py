@@ -22,6 +22,7 @@ import pytest
 from klime_mp.spool import format as fmt
 from klime_mp.spool import limit
 from klime_mp.spool import log as spool
+from klime_mp.spool.unread import Unread
 from tests.test_spool_edges import mount_tmpfs
 
 SEGMENT = 8 * 1024  # SEGMENT_BYTES in these tests: a segment rolls past 8 KiB
@@ -553,3 +554,15 @@ def test_an_orphan_acknowledged_to_a_segment_boundary_counts_no_damage(app: Path
     assert orphan.take(100, 1 << 20) == [record(i) for i in range(65, 101)]
     orphan.acknowledge(36)
     orphan.release()
+
+
+def test_memory_holds_no_more_than_its_byte_limit_however_many_records_pass() -> None:
+    # 1,000 bytes of memory for a sender that has fallen behind (an outage): after 100
+    # records of 100 bytes, only the newest 10 are held, and the disk serves the rest.
+    unread = Unread(origin=0, max_bytes=1000)
+    for end in range(100, 10_100, 100):  # records ending at 100 ... 10,000
+        unread.add(end, b"%05d" % end + b"." * 95)
+    assert unread.take(8900, 100, 1 << 20) == ([], [])  # record 9,000 is not held
+    payloads, ends = unread.take(9000, 100, 1 << 20)
+    assert ends == list(range(9100, 10_100, 100))
+    assert payloads[0][:5] == b"09100"
