@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 import subprocess
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -566,3 +568,29 @@ def test_memory_holds_no_more_than_its_byte_limit_however_many_records_pass() ->
     payloads, ends = unread.take(9000, 100, 1 << 20)
     assert ends == list(range(9100, 10_100, 100))
     assert payloads[0][:5] == b"09100"
+
+
+def test_status_adds_up_every_log_of_an_app(app: Path) -> None:
+    # Two dead writers' logs (one with 2 damaged records), a live one (its damage is not
+    # counted: its tail may be mid-write), a dead one with nothing left but its ledger, and
+    # two of a newer klime_mp (one by its ledger, one by its segment).
+    damaged = leave_orphan(app, 1, 10)
+    zero_records(segments_of(app, damaged)[0], 5, 2, 100)  # in the middle: 2 events
+    leave_orphan(app, 11, 5)
+    empty = leave_orphan(app, 16, 1)
+    segments_of(app, empty)[0].unlink()
+    newer_ledger = leave_orphan(app, 17, 3)
+    with open(app / f"{newer_ledger}.ledger", "r+b") as file:
+        file.write(b"KSL3")
+    newer_segment = leave_orphan(app, 20, 3)
+    with open(segments_of(app, newer_segment)[0], "r+b") as file:
+        body = struct.pack("<4sHHQ", fmt.FILE_MAGIC, 3, 0, 1)  # version 3
+        file.write(body + struct.pack("<I", zlib.crc32(body)))
+    live = open_log(app)
+    for index in range(30, 37):
+        live.append(record(index))
+    zero_records(segments_of(app, live.log_id)[0], 6, 1, 100)  # 6 readable, not counted
+    (found,) = spool.status(app.parent)
+    assert (found.live, found.orphans, found.newer) == (1, 3, 2)
+    assert (found.pending, found.torn) == (8 + 5 + 0 + 6, 2)
+    live.close()
