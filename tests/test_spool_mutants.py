@@ -594,3 +594,22 @@ def test_status_adds_up_every_log_of_an_app(app: Path) -> None:
     assert (found.live, found.orphans, found.newer) == (1, 3, 2)
     assert (found.pending, found.torn) == (8 + 5 + 0 + 6, 2)
     live.close()
+
+
+def test_a_log_is_detached_only_once_its_files_are_replaced_or_gone(app: Path) -> None:
+    log = open_log(app)
+    log.append(record(1))
+    assert not log.detached()
+    ledger = app / f"{log.log_id}.ledger"
+    stranger = app / "stranger"
+    stranger.write_bytes(ledger.read_bytes())
+    os.replace(stranger, ledger)  # the same name, another file
+    assert log.detached()
+    log.close()
+    other = open_log(app)
+    assert not other.detached()
+    for path in app.iterdir():
+        path.unlink()
+    app.rmdir()
+    assert other.detached()
+    other.close()
