@@ -478,6 +478,19 @@ def test_size_limit_never_takes_any_segment_of_a_batch_in_flight(app: Path) -> N
     log.close()
 
 
+def test_size_limit_keeps_a_segment_whose_last_record_alone_is_in_flight(app: Path) -> None:
+    log = open_log(app)
+    for index in range(1, 201):
+        log.append(record(index))
+    assert len(log.take(63, 1 << 20)) == 63
+    log.acknowledge(63)
+    assert log.take(37, 1 << 20) == [record(i) for i in range(64, 101)]  # 64 ends segment 1
+    on_disk = sum(path.stat().st_size for path in segments_of(app, log.log_id))
+    delivered = fmt.FILE_HEADER_BYTES + 63 * 128  # the limit counts undelivered bytes only
+    assert limit.enforce(log, on_disk - delivered - 1) == [[record(i) for i in range(129, 193)]]
+    log.close()
+
+
 # -- spool status: which entries of a spool directory are apps -----------------------------
 
 
@@ -538,23 +551,27 @@ def test_an_orphan_whose_segment_header_is_damaged_is_read_whole(app: Path) -> N
     orphan.release()
 
 
-def test_an_orphan_acknowledged_to_a_segment_boundary_counts_no_damage(app: Path) -> None:
-    # The writer had its whole first segment (records 1 to 64) delivered, so that segment
-    # was deleted, then died: the second segment's file header says it starts at 65, so
-    # nothing is missing before it.
+@pytest.mark.parametrize("per_segment", [64, 63])
+def test_an_orphan_acknowledged_to_a_segment_boundary_counts_no_damage(
+    app: Path, monkeypatch: pytest.MonkeyPatch, per_segment: int
+) -> None:
+    # The writer had its whole first segment delivered, so that segment was deleted, then
+    # died: the second segment's file header says which number it starts at, so nothing is
+    # missing before it. (Segments of 64 and of 63 records: an even and an odd boundary.)
+    monkeypatch.setattr(spool, "SEGMENT_BYTES", fmt.FILE_HEADER_BYTES + per_segment * 128)
     log = open_log(app)
     for index in range(1, 101):
         log.append(record(index))
-    assert len(log.take(64, 1 << 20)) == 64
-    log.acknowledge(64)
+    assert len(log.take(per_segment, 1 << 20)) == per_segment
+    log.acknowledge(per_segment)
     name = log.log_id
     log.close()
     assert len(segments_of(app, name)) == 1
     orphan = spool.claim_orphan(app)
     assert orphan is not None
-    assert (orphan.pending(), orphan.torn) == (36, 0)
-    assert orphan.take(100, 1 << 20) == [record(i) for i in range(65, 101)]
-    orphan.acknowledge(36)
+    assert (orphan.pending(), orphan.torn) == (100 - per_segment, 0)
+    assert orphan.take(100, 1 << 20) == [record(i) for i in range(per_segment + 1, 101)]
+    orphan.acknowledge(100 - per_segment)
     orphan.release()
 
 
