@@ -589,13 +589,15 @@ def test_memory_holds_no_more_than_its_byte_limit_however_many_records_pass() ->
 
 def test_status_adds_up_every_log_of_an_app(app: Path) -> None:
     # Two dead writers' logs (one with 2 damaged records), a live one (its damage is not
-    # counted: its tail may be mid-write), a dead one with nothing left but its ledger, and
-    # two of a newer klime_mp (one by its ledger, one by its segment).
+    # counted: its tail may be mid-write), dead ones with nothing left but their ledger, and
+    # two of a newer klime_mp (one by its ledger, one by its segment), one whose ledger
+    # is unreadable.
     damaged = leave_orphan(app, 1, 10)
     zero_records(segments_of(app, damaged)[0], 5, 2, 100)  # in the middle: 2 events
     leave_orphan(app, 11, 5)
-    empty = leave_orphan(app, 16, 1)
-    segments_of(app, empty)[0].unlink()
+    for n in range(4):  # dead ones with nothing left, listed before and after the others
+        empty = leave_orphan(app, 16 + n, 1)
+        segments_of(app, empty)[0].unlink()
     newer_ledger = leave_orphan(app, 17, 3)
     with open(app / f"{newer_ledger}.ledger", "r+b") as file:
         file.write(b"KSL3")
@@ -603,13 +605,18 @@ def test_status_adds_up_every_log_of_an_app(app: Path) -> None:
     with open(segments_of(app, newer_segment)[0], "r+b") as file:
         body = struct.pack("<4sHHQ", fmt.FILE_MAGIC, 3, 0, 1)  # version 3
         file.write(body + struct.pack("<I", zlib.crc32(body)))
+    unreadable = leave_orphan(app, 40, 4)  # its ledger damaged: all 4 count as pending
+    (app / f"{unreadable}.ledger").write_bytes(b"\0" * 40)
     live = open_log(app)
     for index in range(30, 37):
         live.append(record(index))
-    zero_records(segments_of(app, live.log_id)[0], 6, 1, 100)  # 6 readable, not counted
+    assert len(live.take(2, 1 << 20)) == 2
+    live.acknowledge(2)  # 2 delivered, still in the segment being written
+    zero_records(segments_of(app, live.log_id)[0], 6, 1, 100)  # 4 readable, not counted
     (found,) = spool.status(app.parent)
-    assert (found.live, found.orphans, found.newer) == (1, 3, 2)
-    assert (found.pending, found.torn) == (8 + 5 + 0 + 6, 2)
+    assert (found.path, found.endpoint) == (app, None)
+    assert (found.live, found.orphans, found.newer) == (1, 7, 2)
+    assert (found.pending, found.torn) == (8 + 5 + 0 + 4 + 4, 2)
     live.close()
 
 
@@ -630,3 +637,15 @@ def test_a_log_is_detached_only_once_its_files_are_replaced_or_gone(app: Path) -
     app.rmdir()
     assert other.detached()
     other.close()
+
+
+def test_a_segment_of_newer_records_without_a_file_header_is_left_and_shown(app: Path) -> None:
+    # Records marked b"\xffKS3" (a newer klime_mp's), long enough to hold a file header:
+    # never read as damage and deleted.
+    name = leave_orphan(app, 1, 1)
+    (segment,) = segments_of(app, name)
+    segment.write_bytes(b"\xffKS3" + b"n" * 100)
+    assert spool.claim_orphan(app) is None
+    assert segment.read_bytes() == b"\xffKS3" + b"n" * 100
+    (found,) = spool.status(app.parent)
+    assert (found.newer, found.orphans, found.pending) == (1, 0, 0)
