@@ -649,3 +649,13 @@ def test_a_segment_of_newer_records_without_a_file_header_is_left_and_shown(app:
     assert segment.read_bytes() == b"\xffKS3" + b"n" * 100
     (found,) = spool.status(app.parent)
     assert (found.newer, found.orphans, found.pending) == (1, 0, 0)
+
+
+def test_size_limit_keeps_a_segment_whose_first_record_alone_is_in_flight(app: Path) -> None:
+    log = open_log(app)
+    for index in range(1, 201):
+        log.append(record(index))
+    assert len(log.take(65, 1 << 20)) == 65  # 65 opens segment 2
+    on_disk = sum(path.stat().st_size for path in segments_of(app, log.log_id))
+    assert limit.enforce(log, on_disk - 1) == [[record(i) for i in range(129, 193)]]
+    log.close()
