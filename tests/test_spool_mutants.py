@@ -659,3 +659,17 @@ def test_size_limit_keeps_a_segment_whose_first_record_alone_is_in_flight(app: P
     on_disk = sum(path.stat().st_size for path in segments_of(app, log.log_id))
     assert limit.enforce(log, on_disk - 1) == [[record(i) for i in range(129, 193)]]
     log.close()
+
+
+def test_an_orphan_released_part_way_keeps_the_rest_for_the_next_claimer(app: Path) -> None:
+    leave_orphan(app, 1, 10)
+    orphan = spool.claim_orphan(app)
+    assert orphan is not None
+    assert orphan.take(3, 1 << 20) == [record(1), record(2), record(3)]
+    orphan.acknowledge(3)
+    orphan.release()  # an outage: the sender gives the rest back
+    again = spool.claim_orphan(app)
+    assert again is not None
+    assert again.take(100, 1 << 20) == [record(i) for i in range(4, 11)]
+    again.acknowledge(7)
+    again.release()
