@@ -252,6 +252,14 @@ def test_csv_from_stdin_and_a_bad_header_is_a_usage_error(
     assert bad.returncode == 2 and "unknown CSV column(s) 'evnt'" in bad.stderr
 
 
+def test_an_empty_csv_file_imports_nothing(tmp_path: Path, collector: CollectorProcess) -> None:
+    path = tmp_path / "empty.csv"
+    path.write_bytes(b"")
+    result = run_import(collector.url, str(path))
+    assert result.returncode == 0, result.stderr
+    assert summary(result.stdout)["sent"] == 0
+
+
 def test_check_validates_and_sends_nothing(tmp_path: Path, collector: CollectorProcess) -> None:
     good = write_jsonl(tmp_path / "good.jsonl", [track_line(i) for i in range(5)])
     bad = write_jsonl(tmp_path / "bad.jsonl", GOOD_AND_BAD)
@@ -445,6 +453,18 @@ def test_a_refused_write_key_stops_the_import(tmp_path: Path) -> None:
         assert collector.stats()["requests"] == 1  # not one 401 per batch
     finally:
         collector.stop()
+
+
+def test_a_wrong_endpoint_path_stops_the_import(
+    tmp_path: Path, collector: CollectorProcess
+) -> None:
+    # A 404 is an answer about the request (a wrong path or proxy), not about the data:
+    # every batch would get it, so the import stops instead of refusing them all.
+    path = write_jsonl(tmp_path / "e.jsonl", [track_line(i) for i in range(250)])
+    result = run_import(f"{collector.url}/not-here", str(path))
+    assert result.returncode == 1
+    assert "stopped: rejected with HTTP 404" in result.stderr
+    assert summary(result.stdout)["not sent"] == 250
 
 
 def test_an_unreachable_server_stops_the_import_after_the_retries(tmp_path: Path) -> None:
