@@ -69,7 +69,6 @@ from klime_mp.spool.unread import Unread
 
 __all__ = [
     "CHECK_EVERY_BYTES",
-    "DEFAULT_MAX_BYTES",
     "SEGMENT_BYTES",
     "SPOOL_FULL",
     "AppStatus",
@@ -87,10 +86,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# 256 MiB per app directory: at ~300 bytes an event, about 900,000 events, so hours of a
-# busy app's traffic through a backend outage, while still small next to any disk a server
-# writes logs to. Set it lower in containers with a small ephemeral-storage limit.
-DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 SEGMENT_BYTES = 4 * 1024 * 1024
 CHECK_EVERY_BYTES = 1024 * 1024
 # The segment being written is rolled once everything in it is acknowledged and it holds
