@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import email.utils
+import errno
 import http.client
 import json
 import os
@@ -620,6 +621,10 @@ def test_down_refuses_connections_and_up_comes_back_with_the_same_data(
     assert not collector.is_up
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT).close()
+    # The port stays the collector's: nothing else can bind it while it is down.
+    with socket.socket() as other, pytest.raises(OSError) as taken:
+        other.bind(("127.0.0.1", port))
+    assert taken.value.errno == errno.EADDRINUSE
     assert collector.stats().stored == 1  # still readable while down
     collector.up()
     assert (collector.is_up, collector.port, collector.url) == (True, port, url)

@@ -7,6 +7,7 @@ import errno
 import json
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -65,6 +66,7 @@ class Collector:
         self._app: CollectorApp | None = None
         self._server: CollectorHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._held: socket.socket | None = None  # the port, kept while down
         self._stopped = False
 
     def start(self) -> Collector:
@@ -93,16 +95,21 @@ class Collector:
             if app is None:
                 return  # never started
             self._halt(app)
+            self._release_port()
         app.store.close()
 
     def down(self) -> None:
         """Go away like a crashed or restarting server: stop listening (new connections
         are refused) and cut the open ones, answering nothing more. The database, the
-        counters and the fault plan are kept for ``up()``."""
+        counters and the fault plan are kept for ``up()``, and so is the port: a socket
+        bound to it and not listening refuses connections and keeps any other program
+        (another test's collector binding port 0) from taking it meanwhile, which would
+        hand that program the events still being retried here."""
         with self._lock:
             app = self._running_app()
             if self._server is not None:
                 self._halt(app)
+                self._held = _hold_port(self._host, self._port)
 
     def up(self, bind_timeout: float = _REBIND_SECONDS) -> None:
         """Come back after ``down()`` on the same address, port and database."""
@@ -110,7 +117,8 @@ class Collector:
             app = self._running_app()
             if self._server is None:
                 app.stopping.clear()
-                self._serve(app, bind_timeout)
+                self._serve(app, bind_timeout)  # binds beside the held socket (both reuse)
+                self._release_port()
         logger.debug("collector back on %s", self.url)
 
     @contextlib.contextmanager
@@ -161,6 +169,11 @@ class Collector:
         if not server.close_clients(_STOP_GRACE_SECONDS):
             logger.warning("collector handler threads still busy after stop()")
         server.server_close()
+
+    def _release_port(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            held.close()
 
     def _running_app(self) -> CollectorApp:
         if self._app is None or self._stopped:
@@ -231,3 +244,18 @@ class Collector:
         if self._app is None:
             raise RuntimeError("the collector is not started")
         return self._app
+
+
+def _hold_port(host: str, port: int) -> socket.socket | None:
+    """A socket bound to ``host:port`` and never listening, or None if the port cannot be
+    had again at once (``up()`` then retries as it would anyway). SO_REUSEADDR, as the
+    HTTP server sets it, so that a connection of ours in TIME_WAIT does not stand in the
+    way."""
+    held = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        held.bind((host, port))
+    except OSError:
+        held.close()
+        return None
+    return held
