@@ -303,6 +303,40 @@ def test_sigterm_during_an_exit_flush_lets_only_this_processs_own_finish(
     assert (out.returncode, out.stdout.split()) == outcome, out.stderr
 
 
+SIGTERM_NESTED_IN_THE_HANDLER = """
+import os, signal, time
+from klime_mp.lifecycle import sigterm
+sent = []
+
+def exiting():
+    if not sent:  # the second SIGTERM lands just as the first one's handler begins
+        sent.append(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+    return False
+
+def flush():
+    time.sleep(0.5)
+    print("flushed", flush=True)
+
+sigterm.install(flush, lambda: 5.0, exiting)
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(10)
+print("survived", flush=True)
+"""
+
+
+def test_a_second_sigterm_inside_the_first_handler_does_not_cut_its_flush_short() -> None:
+    # Hypercorn's master terminate()s a worker twice within milliseconds; Python 3.13
+    # runs the second handler inside the first, before its flush has begun.
+    out = subprocess.run(
+        [sys.executable, "-c", SIGTERM_NESTED_IN_THE_HANDLER],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert (out.returncode, out.stdout.split()) == (-signal.SIGTERM, ["flushed"]), out.stderr
+
+
 KEEP_SIGTERM = """
 import json, multiprocessing, os, signal
 import klime_mp

@@ -55,6 +55,7 @@ _sigterm_claim = threading.Lock()  # the handler or the watch: whoever takes it 
 _sigterm_taken = threading.Event()  # the handler took it
 _sigterm_watch_done = False  # the watch's flush is over: the process may die now
 _flushing = False  # a SIGTERM flush (the handler's or the watch's) is running
+_handling = False  # the first SIGTERM's handler is running (in the main thread)
 
 
 def _start_sigterm_watch() -> None:
@@ -90,8 +91,9 @@ def drop_in_child() -> None:
     # In a forked child, which owns no client yet: SIGTERM's default action back, as
     # without klime_mp, and the parent's watch let go. Its first client installs anew.
     global _sigterm_watch, _sigterm_claim, _sigterm_taken, _sigterm_watch_done, _flushing
+    global _handling
     _sigterm_claim, _sigterm_taken, _sigterm_watch_done = threading.Lock(), threading.Event(), False
-    _flushing = False
+    _flushing = _handling = False
     try:
         if signal.getsignal(signal.SIGTERM) in (_flush_then_terminate, _terminate_unless_flushing):
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -111,23 +113,32 @@ def _flush_then_terminate(signum: int, frame: FrameType | None) -> None:
     # The handler interrupts the main thread anywhere, possibly while it holds a worker
     # lock: flush from a helper thread and wait a bounded time, so the process still
     # dies promptly even then.
-    signal.signal(signum, _terminate_unless_flushing)
-    if _exiting():
-        # It interrupted the exit flush itself: a pool worker that got its sentinel is
-        # leaving already when terminate() signals it. Let that bounded flush finish,
-        # and tell the watch so: it must not end the process in the middle of it.
-        _sigterm_taken.set()
+    global _handling
+    if _handling:  # a SIGTERM nested in this very handler: the outer call carries on
         return
-    if not _sigterm_claim.acquire(blocking=False):
-        # The watch flushes (the main thread came back late): it signals again when done.
-        if _sigterm_watch_done:
-            _die_of(signum)
-        return
-    _sigterm_taken.set()
+    # First of all: a second SIGTERM may run its handler inside this one, at its next
+    # line (Python 3.13 does), before the flush below has begun.
+    _handling = True
     try:
-        _flush_bounded()
+        signal.signal(signum, _terminate_unless_flushing)
+        if _exiting():
+            # It interrupted the exit flush itself: a pool worker that got its sentinel
+            # is leaving already when terminate() signals it. Let that bounded flush
+            # finish, and tell the watch so: it must not end the process in its middle.
+            _sigterm_taken.set()
+            return
+        if not _sigterm_claim.acquire(blocking=False):
+            # The watch flushes (the main thread came back late): it signals when done.
+            if _sigterm_watch_done:
+                _die_of(signum)
+            return
+        _sigterm_taken.set()
+        try:
+            _flush_bounded()
+        finally:
+            _die_of(signum)
     finally:
-        _die_of(signum)
+        _handling = False
 
 
 def _terminate_unless_flushing(signum: int, frame: FrameType | None) -> None:
@@ -136,7 +147,7 @@ def _terminate_unless_flushing(signum: int, frame: FrameType | None) -> None:
     # master terminate()s its other workers when the first one exits, then exits itself,
     # and multiprocessing terminate()s its daemon children once more on the way out: the
     # default action would cut that worker's flush short). SIGKILL still kills at once.
-    if _flushing or _exiting():
+    if _handling or _flushing or _exiting():
         return
     _die_of(signum)
 
