@@ -11,7 +11,9 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
@@ -175,6 +177,25 @@ def run_load(
                 action()
 
     return drive(server.url, total, concurrency, on_progress)
+
+
+def wait_until_serving(server: ServerProcess, count: int, timeout: float = 30.0) -> set[int]:
+    """Wait until ``count`` different workers have answered a request. A worker that
+    exists may still be booting: Gunicorn's worker sets its own signal handlers only
+    then, and a SIGTERM before that is lost on it (it runs on until the SIGKILL at the
+    graceful timeout, and no worker_exit runs)."""
+
+    def answered_by(_: int) -> int:
+        with urllib.request.urlopen(f"{server.url}/healthz", timeout=10) as response:
+            return int(response.headers["X-Worker-Pid"])
+
+    deadline = time.monotonic() + timeout
+    pids: set[int] = set()
+    with ThreadPoolExecutor(4) as pool:
+        while len(pids) < count:
+            assert time.monotonic() < deadline, f"only {pids} answered:\n{server.log_tail()}"
+            pids.update(pool.map(answered_by, range(8)))
+    return pids
 
 
 def wait_for_log(server: ServerProcess, text: str, count: int, timeout: float = 20.0) -> None:

@@ -28,6 +28,7 @@ from tests.servers import (
     running_servers,
     stop_and_count,
     wait_for_log,
+    wait_until_serving,
 )
 
 pytestmark = pytest.mark.server
@@ -174,6 +175,7 @@ def test_user_config_that_chains_the_hooks_works(
         """)
     )
     server = servers.gunicorn_with_config(config)
+    wait_until_serving(server, 2)  # a worker still booting ignores the stop (Gunicorn)
     load = run_load(server)
     got = stop_and_count(server, collector, load)
     assert_exactly_once(load, got)
