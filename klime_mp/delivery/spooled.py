@@ -56,9 +56,14 @@ class Spool:
         self._ledger = ledger
         self._open_log: Callable[[], spool.EventLog] | None = None
         # Logs whose files were removed under this process: still read (their descriptors
-        # hold the data) until everything in them is sent; the batch in flight came from
-        # ``_source``.
-        self._retired: list[spool.EventLog] = []
+        # hold the data) until everything in them is sent, then closed by the sender. A
+        # tuple replaced whole under ``_retiring`` (the appender adds, the sender removes),
+        # so that pending() reads it on every track() without a lock.
+        self._retired: tuple[spool.EventLog, ...] = ()
+        self._retiring = threading.Lock()
+        # The sender's alone (take/acknowledge/rewind run on its thread, outside the
+        # worker's lock): the log the batch in flight came from, and how many it took.
+        # Others only read _taken (waiting()), which may be stale by one batch then.
         self._source: spool.EventLog | None = None
         self._taken = 0  # records taken and not yet acknowledged or rewound
         self._down: str | None = None  # the cause of the current episode, if any
@@ -151,10 +156,9 @@ class Spool:
         if log is None or not log.detached():
             return True
         self._log = None
-        if log.pending():
-            self._retired.append(log)  # sent from its open files; not durable any more
-        else:
-            log.close()
+        # Sent from its open files, not durable any more; closed by the sender (even if
+        # empty: an acknowledgement may be writing to it now).
+        self._retire(log)
         self._fail(
             f"its files were removed ({log.app_dir}); {log.pending()} events waiting in"
             " them are now kept by this process only"
@@ -169,7 +173,7 @@ class Spool:
             return True  # the same log: the append will tell
         if log is not None:
             self._log = None
-            self._retired.append(log)
+            self._retire(log)
         if self._open_log is None:
             return False
         try:
@@ -199,12 +203,26 @@ class Spool:
         self._down = None
         self._check_at = time.monotonic() + CHECK_INTERVAL_S
 
-    # -- a batch source (under the worker's lock) ---------------------------------------
+    def _retire(self, log: spool.EventLog) -> None:
+        with self._retiring:
+            self._retired = (*self._retired, log)
+
+    def _close_retired(self, log: spool.EventLog) -> None:
+        with self._retiring:
+            self._retired = tuple(r for r in self._retired if r is not log)
+        if self._source is log:
+            self._source = None
+        log.close()
+
+    # -- a batch source (the sender's thread, outside the worker's lock) -----------------
 
     def _logs(self) -> list[spool.EventLog]:
         return [*self._retired, *([] if self._log is None else [self._log])]
 
     def take(self, max_events: int, max_bytes: int) -> list[bytes]:
+        for log in self._retired:
+            if not log.pending():  # nothing in flight either
+                self._close_retired(log)
         for log in self._logs():  # retired logs first: their events are older
             if log.pending() - (self._taken if log is self._source else 0) > 0:
                 torn = log.torn
@@ -220,11 +238,10 @@ class Spool:
     def acknowledge(self, count: int) -> None:
         source = self._source
         if source is not None:
+            self._taken -= count  # first: waiting() may be one batch high, never low
             source.acknowledge(count)
-            self._taken -= count
             if source in self._retired and not source.pending():
-                self._retired.remove(source)
-                source.close()
+                self._close_retired(source)
 
     def rewind(self) -> None:
         if self._source is not None:
@@ -240,6 +257,9 @@ class Spool:
         return count
 
     def waiting(self) -> int:
+        """Records not yet taken. Read under the lock appends take (the worker's, as
+        every reader there does): it may then be one batch high, never low. Without that
+        lock, appends and a take can land between its two reads, and it may be low."""
         return self.pending() - self._taken
 
     # -- recovery (the sender, holding its send lock) ------------------------------------

@@ -267,19 +267,25 @@ class Worker(Ending):
                 return  # kept for later (on disk, or a deadline came first): stop here
 
     def _take_batch(self, full_batches_only: bool) -> tuple[Source | None, list[bytes]]:
-        """The next batch: the spool's events first, then memory's (a failed disk)."""
+        """The next batch: the spool's events first, then memory's (a failed disk).
+
+        The spool's outside ``_lock``: under it, each of its system calls (the sent mark's
+        pwrite) made track() wait for the GIL. Only this thread moves the spool's cursor
+        and shutdown never gives up a spool batch, so it needs no owner meanwhile."""
+        size = self._options.max_batch_size
         with self._lock:
             waiting = self._waiting()
-            size = self._options.max_batch_size
             if waiting < (size if full_batches_only else 1):
                 return None, []
-            source: Source = self._memory
-            if self._spool is not None and self._spool.waiting() > 0:
-                source = self._spool
-            batch = source.take(size, BATCH_BYTES)
-            # with the take: no moment when nobody owns it
-            self._in_flight, self._in_flight_source = batch, source
-        return source, batch
+            spool = self._spool
+            if spool is None or spool.waiting() <= 0:
+                batch = self._memory.take(size, BATCH_BYTES)
+                self._in_flight, self._in_flight_source = batch, self._memory
+                return self._memory, batch
+        batch = spool.take(size, BATCH_BYTES)
+        with self._lock:
+            self._in_flight, self._in_flight_source = batch, spool
+        return spool, batch
 
     def _deliver(self, source: Source, batch: list[bytes], deadline: float | None) -> bool:
         """Post one batch and settle it, part by part when the server makes us split it
@@ -289,25 +295,34 @@ class Worker(Ending):
         Each part is acknowledged at its source as soon as it is settled, the parts
         being consecutive from the front: the records of a split batch leave the spool
         only as their halves are delivered or refused, and a rewind puts back only the
-        rest. ``_in_flight`` follows what is still unsettled, for shutdown."""
+        rest. ``_in_flight`` follows what is still unsettled, for shutdown. The spool is
+        settled after ``_lock`` is released (its pwrite and unlinks: see _take_batch),
+        inside ``_reporting`` so that shutdown waits for it."""
         post = functools.partial(self._post, deadline=deadline)
         rest = batch
+        outside = source is self._spool
         for part, delivery in self._splitter.parts(post, batch):
             with self._lock:
                 if self._in_flight is not rest:
                     return True  # shutdown gave it up at its deadline and reported it already
                 kept = delivery.response is None and self._keeps(source, delivery)
                 if kept:
-                    source.rewind()  # on disk still: a later attempt or the next process
                     self._in_flight = self._in_flight_source = None
+                    if not outside:
+                        source.rewind()
                 else:
-                    source.acknowledge(len(part))
+                    if not outside:
+                        source.acknowledge(len(part))
                     rest = rest[len(part) :]
                     self._in_flight = rest or None
                     self._in_flight_source = source if rest else None
                     self._reporting += 1
+            if kept and outside:
+                source.rewind()  # on disk still: a later attempt or the next process
             if not kept:
                 try:
+                    if outside:
+                        source.acknowledge(len(part))
                     self._settle(part, delivery)
                 finally:
                     with self._lock:

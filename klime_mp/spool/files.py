@@ -6,7 +6,6 @@ reading and acknowledging records (see ``klime_mp.spool.log`` for the design).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import re
@@ -17,6 +16,10 @@ from typing import Union
 
 from klime_mp.spool import format as fmt
 from klime_mp.spool.format import Position
+from klime_mp.spool.registry import held_by as held_by
+from klime_mp.spool.registry import lock_existing as lock_existing
+from klime_mp.spool.registry import reserve as reserve
+from klime_mp.spool.registry import settle as settle
 
 logger = logging.getLogger("klime_mp.spool")
 
@@ -51,72 +54,6 @@ def warn_once(key: str, message: str, *args: object) -> None:
     if key not in _warned and len(_warned) < 10_000:
         _warned.add(key)
         logger.warning(message, *args)
-
-
-# -- the per-process registry of held ledgers --------------------------------------------
-
-
-class _Registry:
-    """The ledgers this process holds a lock on (own logs and claimed orphans), by path."""
-
-    def __init__(self) -> None:
-        self.pid = os.getpid()
-        self.lock = threading.Lock()
-        self.held: dict[str, Log | None] = {}  # None: being claimed right now
-
-
-_registry = _Registry()
-
-
-def _this_process() -> _Registry:
-    # A forked child (also one forked from C, which runs no at-fork hook) holds none of
-    # its parent's locks: it gets an empty registry and a new lock, never the inherited one.
-    global _registry
-    if _registry.pid != os.getpid():
-        _registry = _Registry()
-    return _registry
-
-
-def reserve(key: str) -> bool:
-    registry = _this_process()
-    with registry.lock:
-        if key in registry.held:
-            return False
-        registry.held[key] = None
-        return True
-
-
-def settle(key: str, holder: Log | None) -> None:
-    registry = _this_process()
-    with registry.lock:
-        if holder is None:
-            registry.held.pop(key, None)
-        else:
-            registry.held[key] = holder
-
-
-def held_by(key: str) -> Log | bool | None:
-    """The holder in this process, None while it is being claimed, False if not held."""
-    registry = _this_process()
-    with registry.lock:
-        return registry.held.get(key, False)
-
-
-def lock_existing(path: str) -> int | None:
-    """A descriptor holding the exclusive lock on ``path``, or None if it is held elsewhere
-    or gone. Only call for a path reserved in the registry (see the module docstring)."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if os.stat(path).st_ino == os.fstat(fd).st_ino:
-            return fd
-    except OSError:  # held by a live process (EAGAIN/EACCES), or deleted meanwhile
-        pass
-    os.close(fd)
-    return None
 
 
 # -- directory listing -------------------------------------------------------------------
@@ -172,6 +109,12 @@ def ledger_path(app_dir: str, log_id: str) -> str:
 def unlink(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+def discard(segments: list[Segment]) -> None:
+    for segment in segments:
+        unlink(segment.path)
+        os.close(segment.fd)
 
 
 # -- reading and acknowledging, shared by own logs and orphans ---------------------------
@@ -235,6 +178,8 @@ class Log:
         self._cursor = acked
         self._sent = acked  # the furthest position ever taken for sending (persisted)
         self._in_flight: deque[int] = deque()  # end of each taken record, see unpack_position
+        self._unwritten: bytes | None = None  # the ledger record the sender writes next
+        self._freeing: list[Segment] = []  # acknowledged, being deleted by the sender
         self._closed = False
         self.torn = 0
 
@@ -243,6 +188,11 @@ class Log:
         check_limit("max_events", max_events)
         check_limit("max_bytes", max_bytes)
         self._close_dropped()
+        taken = self._read(max_events, max_bytes)
+        self._write_ledger()  # the sent mark: before the records can be sent
+        return taken
+
+    def _read(self, max_events: int, max_bytes: int) -> list[bytes]:
         while True:
             with self._lock:
                 self._check_open()
@@ -283,7 +233,7 @@ class Log:
         self._taken(ends, seqs)
         if ends and last > self._sent:  # one pwrite per batch: what may arrive
             self._sent = last
-            self._persist()
+            self._unwritten = fmt.pack_ledger(self._acked, self._sent)
 
     def acknowledge(self, count: int) -> None:
         """Settle the oldest ``count`` taken records: persist the position, free segments."""
@@ -302,8 +252,14 @@ class Log:
                 self._in_flight.popleft()
             self._acked = unpack_position(self._in_flight.popleft())
             self._settled(count)
-            self._persist()
-            self._free_acknowledged()
+            self._unwritten = fmt.pack_ledger(self._acked, self._sent)
+            freed = self._free_acknowledged()
+            self._freeing += freed
+        self._write_ledger()  # then delete: a crash between them leaves no ledger behind
+        if freed:
+            discard(freed)
+            with self._lock:  # gone: acknowledged_bytes stops counting them
+                self._freeing = [s for s in self._freeing if s not in freed]
         self._close_dropped()
 
     def rewind(self) -> None:
@@ -313,24 +269,30 @@ class Log:
             self._cursor = self._acked
             self._in_flight.clear()
 
-    def _persist(self) -> None:
+    def _write_ledger(self) -> None:
+        # The sender's alone, outside _lock: an append never waits on this pwrite (a GIL
+        # round trip), and one thread writing keeps the records in order.
+        record, self._unwritten = self._unwritten, None
+        if record is None:
+            return
         try:
-            os.pwrite(self._ledger_fd, fmt.pack_ledger(self._acked, self._sent), 0)
+            os.pwrite(self._ledger_fd, record, 0)
         except OSError as exc:  # kept in memory; a successor would resend (ids dedupe)
             warn_once(f"ack:{self._app_dir}", "spool: cannot record acknowledgement: %s", exc)
 
-    def _free_acknowledged(self) -> None:
-        acked = self._acked
+    def _free_acknowledged(self) -> list[Segment]:
+        """Take the segments whose records are all acknowledged off the list (caller holds
+        ``_lock``); the caller deletes them (``discard``) once it has released it."""
+        acked, freed = self._acked, []
         while self._segments and not self._is_active(self._segments[0]):
             first = self._segments[0]
             done = first.seq < acked.segment or (
                 first.seq == acked.segment and acked.offset >= first.size
             )
             if not done:
-                return
-            self._segments.pop(0)
-            unlink(first.path)
-            os.close(first.fd)
+                break
+            freed.append(self._segments.pop(0))
+        return freed
 
     def _close_dropped(self) -> None:
         with self._lock:

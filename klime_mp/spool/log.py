@@ -53,6 +53,7 @@ from klime_mp.spool.files import (
     PathLike,
     Segment,
     check_limit,
+    discard,
     ledger_path,
     pack_position,
     settle,
@@ -262,11 +263,12 @@ class EventLog(Log):
         # The caller's lock is held (one appender): roll and size checks need no more.
         if self._roll:
             with self._lock:
-                self._roll_locked()
+                freed = self._roll_locked()
+            discard(freed)
         self._unchecked = 0
         self._enforce_limit()
 
-    def _roll_locked(self) -> None:
+    def _roll_locked(self) -> list[Segment]:
         # Under _lock: the sender rolls too (below), not only the appender.
         seq = self._numbers.written + 1
         segment = open_segment(self._app_dir, self._log_id, self._active.seq + 1, first_seq=seq)
@@ -274,10 +276,10 @@ class EventLog(Log):
         self._active = segment
         self._active_since = time.monotonic()
         self._roll = False
-        super()._free_acknowledged()  # the previous one, if it was rolled as delivered
+        return super()._free_acknowledged()  # the previous one, if rolled as delivered
 
-    def _free_acknowledged(self) -> None:
-        super()._free_acknowledged()
+    def _free_acknowledged(self) -> list[Segment]:
+        freed = super()._free_acknowledged()
         active, acked = self._active, self._acked
         if (
             acked.segment == active.seq
@@ -291,9 +293,10 @@ class EventLog(Log):
             )
         ):
             try:  # all of it delivered: free it now, not at the next append
-                self._roll_locked()
+                freed += self._roll_locked()
             except OSError:
                 self._roll = True  # the next append tries (and reports a failure)
+        return freed
 
     def _enforce_limit(self) -> None:
         for lost in limit.enforce(self, self._max_bytes):
@@ -309,9 +312,9 @@ class EventLog(Log):
 
     def acknowledged_bytes(self) -> int:
         """Bytes of this log's segments before the acknowledged position (delivered)."""
-        with self._lock:
+        with self._lock:  # with those the sender is deleting: still in a listing
             acked = self._acked
-            return sum(
+            return sum(s.size for s in self._freeing) + sum(
                 s.size if s.seq < acked.segment else min(acked.offset, s.size)
                 for s in self._segments
                 if s.seq <= acked.segment
@@ -355,6 +358,7 @@ class EventLog(Log):
 
     def _settled(self, count: int) -> None:
         self._settled_count += count
+        self._numbers.acknowledged(count)
 
     def _take_unread(self, cursor: Position, max_events: int, max_bytes: int) -> list[bytes]:
         # From memory while the sender keeps up (see spool_unread).
@@ -367,11 +371,6 @@ class EventLog(Log):
 
     def _taken(self, ends: list[int], seqs: list[int]) -> None:
         self._numbers.taken_from_disk(seqs)
-
-    def acknowledge(self, count: int) -> None:
-        super().acknowledge(count)
-        with self._lock:
-            self._numbers.acknowledged(count)
 
     def rewind(self) -> None:
         super().rewind()
