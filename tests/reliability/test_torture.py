@@ -123,6 +123,8 @@ class Run:
         full = self.can_fill and self.schedule.disk_full(t)
         if full and self.filler is None:
             self.filler, self.full_since = fill(self.spool), t
+        elif full:
+            fill(self.spool)  # full for the whole window, whatever was deleted meanwhile
         elif not full and self.filler is not None:
             self.filler.unlink()
             self.filler = None

@@ -130,10 +130,12 @@ class Schedule:
 
 
 def fill(disk: Path) -> Path:
-    """Write a file until the filesystem is full (ENOSPC): every append fails after it."""
+    """Write a file until the filesystem is full (ENOSPC): every append fails after it.
+    Called again while the window lasts, it tops the file up: space freed meanwhile (a
+    delivered segment deleted, a dead writer's log drained) is taken back at once."""
     filler = disk / "filler"
     chunk = b"\0" * 65536
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         while True:
             try:
