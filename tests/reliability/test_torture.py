@@ -146,7 +146,10 @@ class Run:
             if t >= self.schedule.chaos:
                 break
             time.sleep(0.02)  # the clock of the schedule, not a wait for an outcome
-        self.kill_and_flip(t)  # the last kill: none after it
+        for _ in range(5):  # the last kills: a flip needs a record nobody acknowledged yet
+            self.kill_and_flip(t)
+            if self.flipped and self.flipped[-1][1] >= t:
+                break
         while time.monotonic() - began < self.schedule.windows_404[-1][1]:
             time.sleep(0.02)
         self.set_faults(self.schedule.chaos + 1.0)  # the disk is freed, if it was full
