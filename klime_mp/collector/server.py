@@ -180,6 +180,11 @@ class CollectorRequestHandler(BaseHTTPRequestHandler):
             logger.debug("%s %s", self.address_string(), format % args)
 
 
+def address_family(host: str) -> socket.AddressFamily:
+    """IPv6 for a literal IPv6 host (it has colons), IPv4 otherwise."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 class CollectorHTTPServer(ThreadingHTTPServer):
     """Threaded server that counts connections and can close the live ones on stop."""
 
@@ -193,8 +198,7 @@ class CollectorHTTPServer(ThreadingHTTPServer):
         self.app = app
         self._clients: set[socket.socket] = set()
         self._clients_changed = threading.Condition()
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
+        self.address_family = address_family(address[0])
         super().__init__(address, CollectorRequestHandler)
 
     def server_bind(self) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from .app import CollectorApp
 from .faults import FaultPlan
-from .server import CollectorHTTPServer
+from .server import CollectorHTTPServer, address_family
 from .stats import CollectorStats
 from .store import EventStore
 
@@ -251,7 +251,7 @@ def _hold_port(host: str, port: int) -> socket.socket | None:
     had again at once (``up()`` then retries as it would anyway). SO_REUSEADDR, as the
     HTTP server sets it, so that a connection of ours in TIME_WAIT does not stand in the
     way."""
-    held = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    held = socket.socket(address_family(host))
     held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         held.bind((host, port))
